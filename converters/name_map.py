@@ -1,0 +1,56 @@
+"""The one name map: checkpoint (Flax Linen) parameter paths -> native Keras variable paths.
+
+Every weight source (hub SavedModel, original npz) is first brought to Linen paths, then
+this map names the native variable. Tensor shapes are identical on both sides (HWIO conv
+kernel, (hidden, heads, head_dim) attention kernels), so conversion is renaming only.
+"""
+
+_TOP = {
+    "embedding/kernel": "patch_embedding/projection/kernel",
+    "embedding/bias": "patch_embedding/projection/bias",
+    "cls": "class_token/token",
+    "Transformer/posembed_input/pos_embedding": "position_embedding/embeddings",
+    "Transformer/encoder_norm/scale": "encoder_norm/gamma",
+    "Transformer/encoder_norm/bias": "encoder_norm/beta",
+}
+_HEAD = {"head/kernel": "head/kernel", "head/bias": "head/bias"}
+
+_MODULES_IN_BLOCK = {
+    # Linen module -> native sublayer
+    "LayerNorm_0": "layer_norm_1",
+    "LayerNorm_1": "layer_norm_2",
+    "MultiHeadDotProductAttention_0/query": "attention/query",
+    "MultiHeadDotProductAttention_0/key": "attention/key",
+    "MultiHeadDotProductAttention_0/value": "attention/value",
+    "MultiHeadDotProductAttention_0/out": "attention/attention_output",
+    "MlpBlock_0/Dense_0": "mlp/dense_1",
+    "MlpBlock_0/Dense_1": "mlp/dense_2",
+}
+_DENSE_PARAMS = {"kernel": "kernel", "bias": "bias"}
+_NORM_PARAMS = {"scale": "gamma", "bias": "beta"}
+
+# The original google-research npz files predate Linen's auto-naming of submodules.
+ORIGINAL_TO_LINEN = {
+    "LayerNorm_2": "LayerNorm_1",
+    "MlpBlock_3": "MlpBlock_0",
+    "MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
+}
+
+
+def linen_to_native(num_layers, include_top):
+    """{Linen path: native variable path} for a ViT of `num_layers` blocks."""
+    names = dict(_TOP)
+    for i in range(num_layers):
+        for module, sublayer in _MODULES_IN_BLOCK.items():
+            params = _NORM_PARAMS if module.startswith("LayerNorm") else _DENSE_PARAMS
+            for param, native in params.items():
+                linen = f"Transformer/encoderblock_{i}/{module}/{param}"
+                names[linen] = f"block_{i}/{sublayer}/{native}"
+    if include_top:
+        names.update(_HEAD)
+    return names
+
+
+def original_to_linen(path):
+    """Renames an original-npz key (e.g. `.../MlpBlock_3/...`) to its Linen path."""
+    return "/".join(ORIGINAL_TO_LINEN.get(part, part) for part in path.split("/"))

@@ -1,0 +1,47 @@
+"""Every published-size variant: exact parameter counts and output shapes."""
+
+import pytest
+
+import vit_hub
+
+# Parameter counts of the reference implementations (google-research / timm), at 224,
+# with a 1000-class head / without head.
+PARAMS = {
+    "vit_s16": (22_050_664, 21_665_664),
+    "vit_s32": (22_878_952, 22_493_952),
+    "vit_b8": (86_576_872, 85_807_872),
+    "vit_b16": (86_567_656, 85_798_656),
+    "vit_b32": (88_224_232, 87_455_232),
+    "vit_l16": (304_326_632, 303_301_632),
+    "vit_l32": (306_535_400, 305_510_400),
+    "vit_h14": (632_045_800, 630_764_800),
+}
+WIDTH = {"ti": 192, "s": 384, "b": 768, "l": 1024, "h": 1280}
+
+
+def test_list_variants():
+    assert vit_hub.list_variants() == [
+        "vit_ti16", "vit_s16", "vit_s32", "vit_b8", "vit_b16", "vit_b32",
+        "vit_l16", "vit_l32", "vit_h14", "vit_h16",
+    ]
+
+
+@pytest.mark.parametrize("name", vit_hub.list_variants())
+def test_parameter_counts_and_shapes(name):
+    size, patch = name[4:].rstrip("0123456789"), int(name[4:].lstrip("tislbh"))
+    width, tokens = WIDTH[size], (224 // patch) ** 2 + 1
+    factory = getattr(vit_hub, f"create_{name}")
+    with_head = factory(include_top=True, num_classes=1000)
+    assert with_head.output_shape == (None, 1000)
+    without_head = vit_hub.create_vit(name, include_top=False)
+    assert without_head.output_shape == (None, tokens, width)
+    if name in PARAMS:
+        assert (with_head.count_params(), without_head.count_params()) == PARAMS[name]
+
+
+@pytest.mark.parametrize("size,tokens", [(256, 257), (384, 577), ((224, 320), 281)])
+def test_published_patch_grid_at_other_sizes(size, tokens):
+    tokens_model = vit_hub.create_vit("vit_ti16", image_size=size, include_top=False)
+    assert tokens_model.output_shape == (None, tokens, 192)
+    pooled = vit_hub.create_vit("vit_ti16", image_size=size, include_top=False, pooling="gap")
+    assert pooled.output_shape == (None, 192)

@@ -1,0 +1,31 @@
+"""vit_hub: the Kaggle / TF-Hub Vision Transformers as native Keras 3 models."""
+
+__version__ = "0.1.0"
+
+from vit_hub.layers import (
+    MLP,
+    ClassToken,
+    PatchEmbedding,
+    PositionEmbedding,
+    TokenPooling,
+    TransformerBlock,
+)
+from vit_hub.model import FACTORIES, VisionTransformer, create_vit
+from vit_hub.variants import list_variants, variant_config
+
+# create_vit_ti16(...), create_vit_s16(...), ..., create_vit_h16(...)
+globals().update(FACTORIES)
+
+__all__ = [
+    "VisionTransformer",
+    "create_vit",
+    "list_variants",
+    "variant_config",
+    "PatchEmbedding",
+    "ClassToken",
+    "PositionEmbedding",
+    "MLP",
+    "TransformerBlock",
+    "TokenPooling",
+    *FACTORIES,
+]

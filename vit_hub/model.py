@@ -1,0 +1,238 @@
+"""Vision Transformer (ViT) as a native Keras 3 functional model.
+
+Paper: "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale"
+(Dosovitskiy et al., 2020); weights: "How to train your ViT?" (Steiner et al., 2021).
+The computation is, layer for layer, the Flax model behind the Kaggle / TF-Hub checkpoints
+`spsayakpaul/vision-transformer`: inputs are RGB in [-1, 1].
+"""
+
+import keras
+
+from vit_hub.layers import (
+    ClassToken,
+    PatchEmbedding,
+    PositionEmbedding,
+    TokenPooling,
+    TransformerBlock,
+)
+from vit_hub.variants import list_variants, variant_config
+
+
+def _image_hw(image_size):
+    if isinstance(image_size, int):
+        return image_size, image_size
+    height, width = image_size
+    return int(height), int(width)
+
+
+def _check_image_size(image_size, patch_size):
+    height, width = _image_hw(image_size)
+    if height <= 0 or width <= 0 or height % patch_size or width % patch_size:
+        multiples = ", ".join(str(patch_size * k) for k in (7, 14, 16, 24) if patch_size * k)
+        raise ValueError(
+            f"image_size {height}x{width} is not a positive multiple of the patch size "
+            f"{patch_size}: the patch grid must tile the image exactly. Resize the images "
+            f"or pick a multiple of {patch_size} (e.g. {multiples})."
+        )
+    return height, width
+
+
+@keras.saving.register_keras_serializable(package="vit_hub")
+class VisionTransformer(keras.Model):
+    """A ViT image model.
+
+    Args:
+        image_size: int or (height, width), each a multiple of `patch_size`.
+        patch_size, hidden_dim, num_layers, num_heads, mlp_dim: the architecture
+            (see `vit_hub.variants`).
+        include_top: with a classification head producing logits (B, num_classes).
+        num_classes: classes of the head.
+        pooling: without top: None gives all tokens (B, 1 + patches, hidden_dim) after
+            the final norm, 'token' the class token (B, hidden_dim), 'gap' the mean of
+            the patch tokens. With top: which of the two feeds the head (default 'token').
+        dropout, attention_dropout: training-time dropout rates.
+        classifier_activation: activation of the head; None keeps logits (as the hub).
+        layer_norm_epsilon: 1e-6 in the published models.
+    """
+
+    def __init__(
+        self,
+        image_size=224,
+        patch_size=16,
+        hidden_dim=768,
+        num_layers=12,
+        num_heads=12,
+        mlp_dim=3072,
+        include_top=True,
+        num_classes=1000,
+        pooling=None,
+        dropout=0.0,
+        attention_dropout=0.0,
+        classifier_activation=None,
+        layer_norm_epsilon=1e-6,
+        **kwargs,
+    ):
+        height, width = _check_image_size(image_size, patch_size)
+        policy = kwargs.get("dtype")
+
+        # === Layers ===
+        patch_embedding = PatchEmbedding(
+            hidden_dim, patch_size, dtype=policy, name="patch_embedding"
+        )
+        class_token = ClassToken(dtype=policy, name="class_token")
+        position_embedding = PositionEmbedding(dtype=policy, name="position_embedding")
+        embedding_dropout = keras.layers.Dropout(
+            dropout, dtype=policy, name="embedding_dropout"
+        )
+        blocks = [
+            TransformerBlock(
+                hidden_dim,
+                num_heads,
+                mlp_dim,
+                dropout=dropout,
+                attention_dropout=attention_dropout,
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=policy,
+                name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        encoder_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=policy, name="encoder_norm"
+        )
+        feature_pooling = TokenPooling(pooling or "token", dtype=policy, name="pooling")
+        head = None
+        if include_top:
+            head = keras.layers.Dense(
+                num_classes,
+                activation=classifier_activation,
+                kernel_initializer="zeros",  # as the paper does for a new head
+                dtype=policy,
+                name="head",
+            )
+
+        # === Functional Model ===
+        images = keras.Input((height, width, 3), name="images")
+        embedding = [patch_embedding, class_token, position_embedding, embedding_dropout]
+        tokens = _encode(images, embedding, blocks, encoder_norm)
+        if include_top:
+            outputs = head(feature_pooling(tokens))
+        elif pooling:
+            outputs = feature_pooling(tokens)
+        else:
+            outputs = tokens
+        super().__init__(inputs=images, outputs=outputs, **kwargs)
+
+        # Direct handles on the layers, for feature extraction and weight mapping.
+        self.embedding_layers = embedding
+        self.blocks = blocks
+        self.encoder_norm = encoder_norm
+        self.feature_pooling = feature_pooling
+        self.head = head
+
+        # === Config ===
+        self.image_size = (height, width)
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.include_top = include_top
+        self.num_classes = num_classes
+        self.pooling = pooling
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.classifier_activation = classifier_activation
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    @property
+    def num_patches(self):
+        height, width = self.image_size
+        return (height // self.patch_size) * (width // self.patch_size)
+
+    def encode(self, images, training=False):
+        """All tokens after the final norm: (B, 1 + patches, hidden_dim)."""
+        return _encode(
+            images, self.embedding_layers, self.blocks, self.encoder_norm, training
+        )
+
+    def extract_features(self, images, training=False):
+        """One feature vector per image, (B, hidden_dim): the class token after the final
+        norm (what the `-fe` hub models return), or the patch mean if pooling='gap'."""
+        return self.feature_pooling(self.encode(images, training))
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "image_size": list(self.image_size),
+            "patch_size": self.patch_size,
+            "hidden_dim": self.hidden_dim,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "include_top": self.include_top,
+            "num_classes": self.num_classes,
+            "pooling": self.pooling,
+            "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
+            "classifier_activation": keras.activations.serialize(
+                keras.activations.get(self.classifier_activation)
+            )
+            if self.classifier_activation
+            else None,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+
+def _encode(images, embedding, blocks, encoder_norm, training=None):
+    """The encoder as one function, so the symbolic graph and eager calls share it."""
+    x = images
+    for layer in [*embedding, *blocks]:
+        x = layer(x, training=training)
+    return encoder_norm(x)
+
+
+def create_vit(
+    name,
+    image_size=224,
+    include_top=True,
+    num_classes=1000,
+    pooling=None,
+    dropout=0.0,
+    **kwargs,
+):
+    """Builds a ViT variant (`vit_ti16` ... `vit_h16`, see `list_variants()`) with fresh
+    weights. Extra kwargs override the variant's architecture or go to the model
+    (e.g. `attention_dropout`, `classifier_activation`, `dtype`)."""
+    config = {**variant_config(name), **kwargs}
+    config.setdefault("name", name)
+    return VisionTransformer(
+        image_size=image_size,
+        include_top=include_top,
+        num_classes=num_classes,
+        pooling=pooling,
+        dropout=dropout,
+        **config,
+    )
+
+
+def _factory(variant):
+    def factory(**kwargs):
+        return create_vit(variant, **kwargs)
+
+    factory.__name__ = factory.__qualname__ = f"create_{variant}"
+    factory.__doc__ = f"Builds `{variant}`: `create_vit('{variant}', **kwargs)`."
+    return factory
+
+
+# create_vit_ti16, create_vit_s16, ..., create_vit_h16
+FACTORIES = {f"create_{variant}": _factory(variant) for variant in list_variants()}
