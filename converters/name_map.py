@@ -54,3 +54,10 @@ def linen_to_native(num_layers, include_top):
 def original_to_linen(path):
     """Renames an original-npz key (e.g. `.../MlpBlock_3/...`) to its Linen path."""
     return "/".join(ORIGINAL_TO_LINEN.get(part, part) for part in path.split("/"))
+
+
+def assign_linen(model, tensors, source="checkpoint"):
+    """Fills `model` from `{Linen path: array}`, all or nothing (see `vit_hub.weights`)."""
+    from vit_hub.weights import assign
+
+    assign(model, tensors, source, linen_to_native(model.num_layers, model.include_top))

@@ -6,7 +6,8 @@ import pytest
 
 import keras
 import vit_hub
-from converters.native import ConversionError, assign_linen
+from converters.name_map import assign_linen
+from vit_hub.weights import WeightsError
 from tests.conftest import TINY, TINY_IMAGE
 from tests.numpy_reference import random_params, vit_forward
 
@@ -31,7 +32,7 @@ def tiny_params(seed=0, num_classes=None, image_size=TINY_IMAGE):
 
 
 def flat(params):
-    from converters.native import flatten
+    from vit_hub.weights import flatten
 
     return flatten(params)
 
@@ -201,7 +202,7 @@ def test_assign_rejects_a_mismatched_checkpoint():
     del params["cls"]
     params["pre_logits/kernel"] = np.ones((32, 32), np.float32)
     before = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ConversionError) as err:
+    with pytest.raises(WeightsError) as err:
         assign_linen(model, params)
     text = str(err.value)
     assert "missing from the checkpoint: cls" in text

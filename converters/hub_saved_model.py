@@ -1,0 +1,124 @@
+"""Reads a published hub SavedModel's weights as `{Linen path: array}`.
+
+The checkpoint is read with `tf.train.load_checkpoint`: no graph is loaded or run. The
+published exports store the params as `variables/<i>`, the position of each tensor in
+`tf.nest.flatten` of the Linen params dict, with no names at all (every variable is
+`Variable:0`). So the name of index `i` is computed: `tf.nest.flatten` sorts dict keys at
+every level, which is sorting the paths by their '/'-split components. Each index must
+then also have the shape the model expects; a shape check alone cannot catch two
+same-shaped tensors in swapped places, which is why conversion ends with a parity run.
+"""
+
+import os
+import re
+
+import numpy as np
+
+from converters.name_map import linen_to_native
+from converters import ConversionError
+from vit_hub.weights import describe, native_variables
+
+_VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
+_FLAT = re.compile(r"^variables/(\d+)" + re.escape(_VALUE) + "$")
+
+
+def flatten_order(linen_paths):
+    """The order of `tf.nest.flatten` over the nested dict these paths describe."""
+    return sorted(linen_paths, key=lambda path: path.split("/"))
+
+
+def checkpoint_prefix(saved_model_dir):
+    prefix = os.path.join(os.fspath(saved_model_dir), "variables", "variables")
+    if not os.path.exists(prefix + ".index"):
+        raise ConversionError(
+            f"{saved_model_dir} is not a SavedModel directory: {prefix}.index is missing. "
+            "Pass the folder that holds saved_model.pb and variables/ (for a Kaggle "
+            "download, the folder kagglehub.model_download returned)."
+        )
+    return prefix
+
+
+def read_checkpoint(saved_model_dir):
+    """{checkpoint key: array} of every variable value in the SavedModel."""
+    import tensorflow as tf
+
+    prefix = checkpoint_prefix(saved_model_dir)
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        keys = [k for k in reader.get_variable_to_shape_map() if k.endswith(_VALUE)]
+        return {key: reader.get_tensor(key) for key in keys}
+    except (tf.errors.OpError, ValueError, IndexError) as err:  # IndexError: short read
+        raise ConversionError(
+            f"Cannot read the variables of {saved_model_dir}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0]}. The download is probably truncated or corrupt: "
+            "delete it and download again (convert-weights NAME --force)."
+        ) from None
+
+
+def read_hub_saved_model(saved_model_dir, model):
+    """The SavedModel's tensors as `{Linen path: array}` for `model`'s config.
+
+    Accepts the published flat layout (`variables/<i>`) and a layout whose keys carry
+    the Linen names (any prefix). Raises ConversionError listing every count or shape
+    that does not fit.
+    """
+    values = read_checkpoint(saved_model_dir)
+    expected = linen_to_native(model.num_layers, model.include_top)
+    flat = {int(m.group(1)): v for k, v in values.items() if (m := _FLAT.match(k))}
+    if flat:
+        return _match_by_order(flat, expected, model, saved_model_dir)
+    return _match_by_name(values, expected, saved_model_dir)
+
+
+def _match_by_order(flat, expected, model, source):
+    order = flatten_order(expected)
+    shapes = {k: tuple(v.shape) for k, v in native_variables(model).items()}
+    problems = []
+    if sorted(flat) != list(range(len(flat))):
+        problems.append(f"variable indices are not 0..{len(flat) - 1}")
+    if len(flat) != len(order):
+        problems.append(
+            f"it holds {len(flat)} tensors, the model needs {len(order)}"
+            + _count_hint(len(flat) - len(order), model)
+        )
+    for index, linen in enumerate(order):
+        if index in flat and tuple(flat[index].shape) != shapes[expected[linen]]:
+            problems.append(
+                f"variables/{index} ({linen}) has shape {tuple(flat[index].shape)}, "
+                f"expected {shapes[expected[linen]]}"
+            )
+    if problems:
+        raise ConversionError(
+            f"The SavedModel {source} does not match {describe(model)}:\n  - "
+            + "\n  - ".join(problems[:12])
+            + (f"\n  - ... and {len(problems) - 12} more" if len(problems) > 12 else "")
+            + "\nCheck that the checkpoint is the variant and kind (fe/classification) "
+            "you asked for."
+        )
+    return {linen: flat[index] for index, linen in enumerate(order)}
+
+
+def _count_hint(surplus, model):
+    if surplus == 2 and not model.include_top:
+        return " (2 more: a classification checkpoint, with head, asked for as fe?)"
+    if surplus == -2 and model.include_top:
+        return " (2 fewer: an fe checkpoint, without head, asked for as classification?)"
+    if surplus % 16 == 0 and surplus:
+        return f" ({surplus // 16:+d} encoder blocks of 16 tensors: another depth?)"
+    return ""
+
+
+def _match_by_name(values, expected, source):
+    tensors = {}
+    for key, value in values.items():
+        path = key[: -len(_VALUE)]
+        if path == "save_counter" or path.startswith("trainable_variables/"):
+            continue  # bookkeeping, and second references to the same variables
+        linen = next((name for name in expected if path == name or path.endswith("/" + name)), None)
+        tensors[linen or path] = value
+    if not any(name in tensors for name in expected):
+        raise ConversionError(
+            f"{source} holds neither the published `variables/<i>` layout nor Linen-named "
+            f"variables (found e.g. {sorted(values)[:3]}); it is not a ViT hub export."
+        )
+    return tensors

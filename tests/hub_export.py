@@ -1,0 +1,436 @@
+"""Build ViT checkpoints in the format of the published Kaggle / TF-Hub models.
+
+This is the independent reference for the tests: a Flax Linen ViT written from
+the equations (it deliberately imports nothing from ``vit_hub`` or
+``converters``), plus the export recipe of the sayakpaul/ViT-jax2tf
+``conversion.ipynb`` notebook that produced ``spsayakpaul/vision-transformer``,
+and the original google-research ``.npz`` layout.  See
+``/work/shared/hub-format.md`` for the facts this reproduces.
+
+Usable as a module (``init_params``, ``export_saved_model``, ``flax_apply``,
+``write_npz``, ``read_npz``) and as a script::
+
+    python tests/hub_export.py --arch b32 --kind fe --out DIR [--npz F.npz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Any, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from jax.experimental import jax2tf  # noqa: E402
+
+KINDS = ("fe", "classification")
+
+
+@dataclasses.dataclass(frozen=True)
+class HubConfig:
+    """Shape of one ViT; the published ones are in ARCHS (all at 224)."""
+
+    patch_size: int
+    hidden_dim: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    num_classes: int = 1000
+    image_size: int = 224
+
+    @property
+    def num_tokens(self) -> int:
+        # Patches on the grid plus the class token.
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
+# The plain ViTs of the table in hub-format.md (the hybrids are not built here).
+ARCHS = {
+    "s16": HubConfig(16, 384, 12, 6, 1536),
+    "b8": HubConfig(8, 768, 12, 12, 3072),
+    "b16": HubConfig(16, 768, 12, 12, 3072),
+    "b32": HubConfig(32, 768, 12, 12, 3072),
+    "l16": HubConfig(16, 1024, 24, 16, 4096),
+}
+
+
+# --------------------------------------------------------------------------
+# The Flax Linen model. Module and parameter names must come out as the Linen
+# auto-names of google-research/vision_transformer, because the SavedModel's
+# variable order is the sorted order of exactly these names.
+# --------------------------------------------------------------------------
+
+
+class AddPositionEmbs(nn.Module):
+    """Learned position embedding, param ``pos_embedding`` (1, N+1, D)."""
+
+    @nn.compact
+    def __call__(self, x):
+        pe = self.param("pos_embedding", nn.initializers.normal(0.02),
+                        (1, x.shape[1], x.shape[2]))
+        return x + pe
+
+
+class MlpBlock(nn.Module):
+    """Dense -> GELU (tanh approximation, jax default) -> Dense."""
+
+    mlp_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.Dense(self.mlp_dim)(x)  # Dense_0
+        y = jax.nn.gelu(y, approximate=True)
+        return nn.Dense(x.shape[-1])(y)  # Dense_1
+
+
+class Encoder1DBlock(nn.Module):
+    """Pre-LN block: x + MHA(LN_0(x)), then x + MLP(LN_1(x))."""
+
+    mlp_dim: int
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.LayerNorm()(x)  # LayerNorm_0, epsilon 1e-6
+        # Self-attention; dropout off, so deterministic does not matter.
+        y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads,
+                                            deterministic=True)(y, y)
+        x = x + y
+        y = nn.LayerNorm()(x)  # LayerNorm_1
+        return x + MlpBlock(self.mlp_dim)(y)  # MlpBlock_0
+
+
+class Encoder(nn.Module):
+    """Named ``Transformer`` by the parent, as in the original code."""
+
+    num_layers: int
+    mlp_dim: int
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = AddPositionEmbs(name="posembed_input")(x)
+        for i in range(self.num_layers):
+            x = Encoder1DBlock(self.mlp_dim, self.num_heads,
+                               name=f"encoderblock_{i}")(x)
+        return nn.LayerNorm(name="encoder_norm")(x)
+
+
+class VisionTransformer(nn.Module):
+    """ViT with class token; ``num_classes=None`` gives the fe model."""
+
+    patch_size: int
+    hidden_dim: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    num_classes: Optional[int] = None
+
+    @nn.compact
+    def __call__(self, inputs, *, train: bool = False):
+        del train  # No dropout at all: the exported models are inference graphs.
+        p = self.patch_size
+        # Patch embedding as one conv, kernel = stride = patch (HWIO kernel).
+        x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding="VALID",
+                    name="embedding")(inputs)
+        n, h, w, c = x.shape
+        x = jnp.reshape(x, (n, h * w, c))
+        cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
+        # Class token prepended, position embedding added inside the encoder.
+        x = jnp.concatenate([jnp.tile(cls, (n, 1, 1)), x], axis=1)
+        x = Encoder(self.num_layers, self.mlp_dim, self.num_heads,
+                    name="Transformer")(x)
+        x = x[:, 0]
+        if self.num_classes:
+            x = nn.Dense(self.num_classes, name="head")(x)  # logits, no softmax
+        return x
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def make_model(config: HubConfig, kind: str) -> VisionTransformer:
+    """The fe model has no head, as the notebook's ``num_classes=None``."""
+    _check_kind(kind)
+    return VisionTransformer(
+        patch_size=config.patch_size, hidden_dim=config.hidden_dim,
+        num_layers=config.num_layers, num_heads=config.num_heads,
+        mlp_dim=config.mlp_dim,
+        num_classes=config.num_classes if kind == "classification" else None)
+
+
+def _kind_of(params) -> str:
+    return "classification" if "head" in params else "fe"
+
+
+# --------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------
+
+
+def _random_leaf(rng: np.random.Generator, path: tuple, shape) -> np.ndarray:
+    """A non-trivial value for one tensor, at a scale that keeps the net sane.
+
+    Everything is random (no zeros, no ones) so that a tensor loaded into the
+    wrong slot, or transposed, changes the output.
+    """
+    name, parent = path[-1], path[-2] if len(path) > 1 else ""
+    if name == "scale":  # LayerNorm scale around 1
+        return 1.0 + 0.1 * rng.standard_normal(shape)
+    if name == "bias":
+        return 0.1 * rng.standard_normal(shape)
+    if name == "kernel":
+        # q/k/v kernels are (D, H, D/H): fan-in is D alone. Dense, conv and
+        # attention-out kernels have fan-in = product of all but the last dim.
+        if parent in ("query", "key", "value"):
+            fan_in = shape[0]
+        else:
+            fan_in = int(np.prod(shape[:-1]))
+        return rng.standard_normal(shape) / np.sqrt(fan_in)
+    # pos_embedding and cls: small but clearly non-zero.
+    return 0.1 * rng.standard_normal(shape)
+
+
+def param_shapes(config: HubConfig, kind: str) -> dict:
+    """Nested dict of ``jax.ShapeDtypeStruct`` from ``model.init``, no compute."""
+    model = make_model(config, kind)
+    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy))
+    return _to_dict(shapes["params"])
+
+
+def init_params(config: HubConfig, kind: str, seed: int = 0) -> dict:
+    """Random float32 params as a nested dict with the Linen names.
+
+    The tree comes from ``model.init`` (so the names are flax's own); values
+    come from a numpy RNG walked in sorted-key order, so the result is
+    deterministic for a given seed.
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(tree, path):
+        if isinstance(tree, jax.ShapeDtypeStruct):
+            return _random_leaf(rng, path, tree.shape).astype(np.float32)
+        return {k: fill(tree[k], path + (k,)) for k in sorted(tree)}
+
+    return fill(param_shapes(config, kind), ())
+
+
+def _to_dict(tree) -> Any:
+    """Plain nested dicts (flax may hand back FrozenDict)."""
+    if hasattr(tree, "items"):
+        return {k: _to_dict(v) for k, v in tree.items()}
+    return tree
+
+
+def flax_apply(params: dict, config: HubConfig, images) -> np.ndarray:
+    """The reference forward pass: fe (B, D) or classification logits."""
+    model = make_model(config, _kind_of(params))
+    out = model.apply({"params": params}, jnp.asarray(images, jnp.float32),
+                      train=False)
+    return np.asarray(out)
+
+
+# --------------------------------------------------------------------------
+# SavedModel export: the notebook's recipe, step by step.
+# --------------------------------------------------------------------------
+
+
+def export_saved_model(params: dict, config: HubConfig, kind: str, out_dir: str,
+                       signature_batch: Optional[int] = None,
+                       platforms: Optional[tuple] = None,
+                       variable_order: Optional[list] = None) -> str:
+    """Write ``params`` as a SavedModel laid out like the published models.
+
+    ``signature_batch`` is the batch dimension of the ``serving_default``
+    signature: None (default, as hub-format.md states) or 1 (what the stored
+    notebook literally writes). ``platforms`` is passed to jax2tf as
+    ``native_serialization_platforms``: today's jax2tf always serializes
+    StableHLO into one XlaCallModule op, and None lowers it for the JAX
+    default backend only (the 2021 artifacts were device-independent TF
+    graphs of Xla* ops); ("cpu", "cuda") makes a model that runs on both.
+    """
+    _check_kind(kind)
+    if (kind == "classification") != ("head" in params):
+        raise ValueError(f"params do not match kind={kind!r}")
+    fe = kind == "fe"
+    size = config.image_size
+    model = make_model(config, kind)
+
+    def predict_fn(p, inputs):
+        return model.apply({"params": p}, inputs, train=False)
+
+    # Only the batch is polymorphic; fe keeps gradients for fine-tuning.
+    tf_fn = jax2tf.convert(
+        predict_fn, with_gradient=fe,
+        polymorphic_shapes=[None, f"b, {size}, {size}, 3"],
+        native_serialization_platforms=platforms)
+    param_vars = tf.nest.map_structure(
+        lambda p: tf.Variable(p, trainable=fe), params)
+    # The argument must be called ``inputs``: that becomes the signature key.
+    tf_graph = tf.function(lambda inputs: tf_fn(param_vars, inputs),
+                           autograph=False, jit_compile=True)
+    spec = tf.TensorSpec([signature_batch, size, size, 3], tf.float32)
+    signatures = {
+        tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY:
+            tf_graph.get_concrete_function(spec)}
+    wrapper = _ReusableSavedModelWrapper(tf_graph, param_vars, variable_order)
+    options = (tf.saved_model.SaveOptions(experimental_custom_gradients=True)
+               if fe else None)
+    tf.saved_model.save(wrapper, out_dir, signatures=signatures, options=options)
+    return out_dir
+
+
+class _ReusableSavedModelWrapper(tf.train.Checkpoint):
+    """The notebook's wrapper (from the jax2tf examples' saved_model_lib).
+
+    Attribute order matters: ``variables`` comes first, so each variable is
+    stored under the checkpoint key ``variables/<i>``; fe's
+    ``trainable_variables/<i>`` are object-graph references to those same
+    objects, not extra keys.
+    """
+
+    def __init__(self, tf_graph, param_vars, variable_order=None):
+        super().__init__()
+        # tf.nest.flatten sorts dict keys: this is the index order.
+        flat = tf.nest.flatten(param_vars)
+        order = variable_order if variable_order is not None else range(len(flat))
+        self.variables = [flat[i] for i in order]
+        # Empty for classification (its variables are not trainable).
+        self.trainable_variables = [v for v in self.variables if v.trainable]
+        self.regularization_losses = []
+        self.__call__ = tf_graph
+
+
+# --------------------------------------------------------------------------
+# The original npz layout (pre-Linen names, flat '/'-joined keys).
+# --------------------------------------------------------------------------
+
+# Linen name -> name in the original google-research npz files, per block.
+_LINEN_TO_NPZ = {
+    "LayerNorm_1": "LayerNorm_2",
+    "MlpBlock_0": "MlpBlock_3",
+    "MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
+}
+_NPZ_TO_LINEN = {v: k for k, v in _LINEN_TO_NPZ.items()}
+
+
+def _flatten(tree, prefix=()):
+    for k in sorted(tree):
+        v = tree[k]
+        if isinstance(v, dict):
+            yield from _flatten(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+def write_npz(params: dict, path: str) -> None:
+    """Save as the original checkpoints: flat keys, pre-Linen block names."""
+    flat = {"/".join(_LINEN_TO_NPZ.get(part, part) for part in key):
+            np.asarray(value, np.float32) for key, value in _flatten(params)}
+    np.savez(path, **flat)
+
+
+def read_npz(path: str) -> dict:
+    """Inverse of write_npz; also reads the real google-research files."""
+    params: dict = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            parts = [_NPZ_TO_LINEN.get(part, part) for part in key.split("/")]
+            node = params
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = np.asarray(data[key], np.float32)
+    return params
+
+
+def config_from_params(params: dict, image_size: int, num_heads: int) -> HubConfig:
+    """Shapes give everything but the head count (q/k/v kernel carries it too)."""
+    enc = params["Transformer"]
+    blocks = [k for k in enc if k.startswith("encoderblock_")]
+    block0 = enc["encoderblock_0"]
+    heads = block0["MultiHeadDotProductAttention_0"]["query"]["kernel"].shape[1]
+    if num_heads and num_heads != heads:
+        raise ValueError(f"--num-heads {num_heads} but the npz has {heads}")
+    kernel = params["embedding"]["kernel"]
+    return HubConfig(
+        patch_size=kernel.shape[0], hidden_dim=kernel.shape[-1],
+        num_layers=len(blocks), num_heads=heads,
+        mlp_dim=block0["MlpBlock_0"]["Dense_0"]["kernel"].shape[-1],
+        num_classes=params["head"]["kernel"].shape[-1] if "head" in params else 1000,
+        image_size=image_size)
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+
+
+def _parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", choices=sorted(ARCHS),
+                    help="published shape; omit to give a custom one")
+    ap.add_argument("--kind", choices=KINDS, required=True)
+    ap.add_argument("--out", required=True, help="SavedModel directory")
+    ap.add_argument("--npz", help="also write the params as an original npz")
+    ap.add_argument("--from-npz", help="export these params instead of random")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--image-size", type=int, default=224)
+    for name in ("hidden-dim", "num-layers", "num-heads", "mlp-dim",
+                 "patch-size", "num-classes"):
+        ap.add_argument(f"--{name}", type=int)
+    ap.add_argument("--signature-batch", type=int, default=None,
+                    help="batch of serving_default (default: None = any)")
+    ap.add_argument("--platforms", nargs="+", choices=("cpu", "cuda", "rocm", "tpu"),
+                    help="jax2tf lowering platforms (default: JAX's backend)")
+    return ap.parse_args(argv)
+
+
+def _config_from_args(args) -> HubConfig:
+    base = ARCHS[args.arch] if args.arch else None
+    fields = {}
+    for f in ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim",
+              "num_classes"):
+        value = getattr(args, f)
+        if value is None and base is not None:
+            value = getattr(base, f)
+        if value is None and f == "num_classes":
+            value = 1000
+        if value is None:
+            raise SystemExit(f"--{f.replace('_', '-')} is needed without --arch")
+        fields[f] = value
+    return HubConfig(image_size=args.image_size, **fields)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    if args.from_npz:
+        params = read_npz(args.from_npz)
+        if args.kind == "fe":
+            params.pop("head", None)  # as the notebook does for fe models
+        elif "head" not in params:
+            raise SystemExit("classification export needs an npz with a head")
+        config = config_from_params(params, args.image_size, args.num_heads)
+    else:
+        config = _config_from_args(args)
+        params = init_params(config, args.kind, args.seed)
+    if args.npz:
+        write_npz(params, args.npz)
+    export_saved_model(params, config, args.kind, args.out,
+                       signature_batch=args.signature_batch,
+                       platforms=tuple(args.platforms) if args.platforms else None)
+    print(f"wrote {args.kind} {config} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Native weights: filling a `VisionTransformer` all or nothing, and the converted-weights
+file.
+
+The file is HDF5 (h5py) with one dataset per variable at its canonical path relative to
+the model (`block_0/attention/query/kernel`), plus the architecture as a JSON attribute.
+Unlike Keras' own `.weights.h5`, whose layout follows the object graph of one Keras
+version, it is readable without Keras and lets a loader take a subset of the tensors (a
+new head) or reshape one (position embeddings at another image size).
+"""
+
+import json
+import os
+
+import numpy as np
+
+from vit_hub.files import atomic_path
+
+FORMAT = "vit_hub.weights"
+FORMAT_VERSION = 1
+
+
+class WeightsError(ValueError):
+    """Weights do not fit the model they are loaded into, or cannot be read."""
+
+
+def flatten(tree, prefix=""):
+    """{'a': {'b': x}} -> {'a/b': x}."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}/{key}" if prefix else key))
+    return flat
+
+
+def native_variables(model):
+    """{path relative to the model: variable}, e.g. 'block_0/attention/query/kernel'."""
+    variables = {}
+    for layer in model.layers:
+        for variable in layer.weights:
+            start = variable.path.find(layer.name + "/")
+            variables[variable.path[max(start, 0):]] = variable
+    return variables
+
+
+def describe(model):
+    return (
+        f"{model.name} ({model.num_layers} blocks, hidden {model.hidden_dim}, "
+        f"patch {model.patch_size}, {'with' if model.include_top else 'without'} head)"
+    )
+
+
+def check_fit(model, tensors, source="checkpoint", names=None):
+    """Every problem that keeps `tensors` from filling `model`, as sentences.
+
+    `names` maps the tensors' keys to native paths (identity when None).
+    """
+    variables = native_variables(model)
+    names = names if names is not None else {path: path for path in variables}
+    problems = []
+    missing = [key for key in names if key not in tensors]
+    surplus = [key for key in tensors if key not in names]
+    if missing:
+        problems.append(f"missing from the {source}: {', '.join(missing)}")
+    if surplus:
+        problems.append(f"in the {source} but not in the model: {', '.join(surplus)}")
+    for key, array in tensors.items():
+        if key in names:
+            expected = tuple(variables[names[key]].shape)
+            if tuple(np.shape(array)) != expected:
+                problems.append(
+                    f"{key}: {source} has shape {tuple(np.shape(array))}, "
+                    f"the model expects {expected}"
+                )
+    return problems
+
+
+def raise_problems(model, problems, source="checkpoint"):
+    if problems:
+        raise WeightsError(
+            f"The {source} does not match {describe(model)}:\n  - "
+            + "\n  - ".join(problems)
+            + "\nCheck that the checkpoint and the model name/config are the same variant."
+        )
+
+
+def assign(model, tensors, source="weights file", names=None):
+    """Assigns `{key: array}` to `model`'s variables, keys mapped by `names` (default:
+    keys are native paths). Every tensor must be used once and fit its variable's shape;
+    otherwise nothing is assigned and the error lists each missing, surplus and
+    mis-shaped tensor."""
+    raise_problems(model, check_fit(model, tensors, source, names), source)
+    variables = native_variables(model)
+    names = names if names is not None else {path: path for path in variables}
+    for key, native in names.items():
+        variables[native].assign(np.asarray(tensors[key], np.float32))
+
+
+def architecture(model):
+    """The config fields that decide the shapes of the weights."""
+    return {k: model.get_config()[k] for k in ARCHITECTURE_KEYS}
+
+
+ARCHITECTURE_KEYS = ("image_size", "patch_size", "hidden_dim", "num_layers", "num_heads",
+                     "mlp_dim", "include_top", "num_classes")
+
+
+def save_weights_file(model, path):
+    """Writes `model`'s weights to `path` atomically (temporary file, then rename)."""
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["architecture"] = json.dumps(architecture(model))
+            for name, variable in native_variables(model).items():
+                f.create_dataset(name, data=np.asarray(variable.numpy(), np.float32))
+    return os.fspath(path)
+
+
+def read_weights_file(path):
+    """({canonical path: array}, architecture dict) from a converted-weights file."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise WeightsError(f"{path} is not a vit_hub weights file (no '{FORMAT}' mark).")
+            version = int(f.attrs["format_version"])
+            if version != FORMAT_VERSION:
+                raise WeightsError(
+                    f"{path} has weights format {version}; this vit_hub reads format "
+                    f"{FORMAT_VERSION}. Convert it again with this version (convert-weights)."
+                )
+            tensors = {}
+            f.visititems(
+                lambda name, item: tensors.__setitem__(name, item[()])
+                if isinstance(item, h5py.Dataset) else None
+            )
+            return tensors, json.loads(f.attrs["architecture"])
+    except (OSError, KeyError) as err:
+        raise WeightsError(f"Cannot read weights file {path}: {err}. It is truncated or "
+                           "corrupt: convert it again.") from None
+
+
+def load_weights_file(model, path):
+    """Fills `model` from a converted-weights file (all tensors, shapes checked)."""
+    tensors, _ = read_weights_file(path)
+    assign(model, tensors, source=f"weights file {os.fspath(path)}")
+    return model
