@@ -1,11 +1,128 @@
-"""`convert-weights`: download, convert, verify and cache hub checkpoints."""
+"""`convert-weights`: download, convert, verify and cache published ViTs ahead of time.
 
+    convert-weights vit_b32_fe                   # from Kaggle, into the cache
+    convert-weights vit_b32_fe --source DIR      # from a local SavedModel (or .npz)
+    convert-weights --all                        # every model that has a converter
+    convert-weights --list                       # models, cache state, recorded parity
+
+Exit status: 0 all converted, 1 a conversion or parity check failed, 2 usage error.
+"""
+
+import argparse
+import os
 import sys
+import time
+
+from converters.pipeline import STEPS
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="convert-weights",
+        description="Download, convert, verify and cache the Kaggle / TF-Hub ViTs as native "
+        "vit_hub weights.",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="models, e.g. vit_b32_fe")
+    parser.add_argument("--all", action="store_true", help="every model with a converter")
+    parser.add_argument("--list", action="store_true", help="models, cache state, parity")
+    parser.add_argument("--source", metavar="PATH",
+                        help="a local hub SavedModel folder or original .npz instead of Kaggle")
+    parser.add_argument("--reference", metavar="DIR",
+                        help="hub SavedModel to verify an .npz source against")
+    parser.add_argument("--cache-dir", metavar="DIR", help="cache root (default: "
+                        "$VIT_HUB_CACHE or the user cache folder)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the parity check against the hub model")
+    parser.add_argument("--force", action="store_true", help="convert even if cached")
+    parser.add_argument("--output", metavar="FILE",
+                        help="also write the weights (and FILE's .json metadata) here")
+    args = parser.parse_args(argv)
+    if sum([bool(args.names), args.all, args.list]) != 1:
+        parser.error("give model NAMEs, or --all, or --list")
+    if (args.source or args.output or args.reference) and len(args.names) != 1:
+        parser.error("--source, --reference and --output go with exactly one NAME")
+    if args.source and not os.path.exists(args.source):
+        parser.error(f"--source {args.source}: no such file or folder")
+    return args
 
 
 def main(argv=None):
-    print("convert-weights: the converter is not available in this version yet.", file=sys.stderr)
-    return 2
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from vit_hub.manifest import get_entry, list_models
+
+    if args.list:
+        return print_list(list_models(), args.cache_dir)
+    if args.all:
+        names = [n for n in list_models() if get_entry(n).get("converter")]
+    else:
+        names = args.names
+        for name in names:
+            try:
+                get_entry(name)
+            except ValueError as err:
+                print(f"convert-weights: {err}", file=sys.stderr)
+                return 2
+    rows = [convert_one(name, args) for name in names]
+    print_table(["model", "result", "parity max abs", "seconds", "weights"], rows)
+    return 0 if all(row[1] in ("converted", "cached") for row in rows) else 1
+
+
+def convert_one(name, args):
+    from tqdm import tqdm
+
+    from converters.pipeline import convert_into_cache
+    from vit_hub.cache import CacheEntry, is_offline
+
+    entry = CacheEntry(name, args.cache_dir)
+    was_cached = not args.force and entry.state() == "ok"
+    start = time.perf_counter()
+    with tqdm(total=len(STEPS), desc=name, unit="step", file=sys.stderr, leave=False) as bar:
+
+        def progress(step):
+            bar.set_postfix_str(step)
+            bar.n = STEPS.index(step)
+            bar.refresh()
+
+        try:
+            metadata = convert_into_cache(
+                name, cache_dir=args.cache_dir, source=args.source, reference=args.reference,
+                verify=not args.no_verify, force=args.force, offline=is_offline(),
+                output=args.output, progress=progress,
+            )
+        except (ValueError, RuntimeError, OSError) as err:  # NotImplementedError too
+            bar.close()
+            print(f"convert-weights: {name}: {err}", file=sys.stderr)
+            return [name, "FAILED", "-", f"{time.perf_counter() - start:.1f}", "-"]
+    parity = metadata.get("parity")
+    return [
+        name,
+        "cached" if was_cached else "converted",
+        f"{parity['max_abs']:.2e}" if parity else "not verified",
+        f"{time.perf_counter() - start:.1f}",
+        args.output or entry.weights_path,
+    ]
+
+
+def print_list(names, cache_dir):
+    from vit_hub.cache import CacheEntry
+    from vit_hub.manifest import get_entry
+
+    rows = []
+    for name in names:
+        entry, cache = get_entry(name), CacheEntry(name, cache_dir)
+        state = cache.state() if entry.get("converter") else "no converter yet"
+        parity = (cache.metadata() or {}).get("parity") if state == "ok" else None
+        rows.append([name, entry["handle"], state,
+                     f"{parity['max_abs']:.2e}" if parity else "-"])
+    print_table(["model", "kaggle handle", "cache", "parity max abs"], rows)
+    return 0
+
+
+def print_table(header, rows):
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
 
 
 if __name__ == "__main__":

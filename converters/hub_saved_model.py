@@ -77,16 +77,21 @@ def _match_by_order(flat, expected, model, source):
     if sorted(flat) != list(range(len(flat))):
         problems.append(f"variable indices are not 0..{len(flat) - 1}")
     if len(flat) != len(order):
+        # Index i no longer names the same tensor: describe the checkpoint instead.
         problems.append(
             f"it holds {len(flat)} tensors, the model needs {len(order)}"
             + _count_hint(len(flat) - len(order), model)
         )
-    for index, linen in enumerate(order):
-        if index in flat and tuple(flat[index].shape) != shapes[expected[linen]]:
-            problems.append(
-                f"variables/{index} ({linen}) has shape {tuple(flat[index].shape)}, "
-                f"expected {shapes[expected[linen]]}"
-            )
+        problems.append(f"the checkpoint looks like {_sketch(flat)}; the model is "
+                        f"width {model.hidden_dim}, patch {model.patch_size}, "
+                        f"{model.num_patches + 1} tokens")
+    else:
+        for index, linen in enumerate(order):
+            if tuple(flat[index].shape) != shapes[expected[linen]]:
+                problems.append(
+                    f"variables/{index} ({linen}) has shape {tuple(flat[index].shape)}, "
+                    f"expected {shapes[expected[linen]]}"
+                )
     if problems:
         raise ConversionError(
             f"The SavedModel {source} does not match {describe(model)}:\n  - "
@@ -96,6 +101,15 @@ def _match_by_order(flat, expected, model, source):
             "you asked for."
         )
     return {linen: flat[index] for index, linen in enumerate(order)}
+
+
+def _sketch(flat):
+    """Width, patch and token count read off a flat checkpoint's shapes."""
+    shapes = [tuple(v.shape) for v in flat.values()]
+    kernel = next((s for s in shapes if len(s) == 4), None)
+    tokens = next((s for s in shapes if len(s) == 3 and s[0] == 1 and s[1] > 1), None)
+    return (f"width {shapes[0][-1] if shapes else '?'}, "
+            f"patch {kernel[0] if kernel else '?'}, {tokens[1] if tokens else '?'} tokens")
 
 
 def _count_hint(surplus, model):

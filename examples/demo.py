@@ -1,30 +1,81 @@
-"""The main job, offline: build a ViT-B/32 and extract features from a sample image.
+"""The main job: a published ViT-B/32 feature extractor, converted, verified and used
+through `vit_hub.load_pretrained`, offline if need be.
 
-Run: python examples/demo.py
+    python examples/demo.py
+
+1. Obtain the hub checkpoint `vit_b32_fe`: from Kaggle when reachable. Without network
+   (as on the project's build machines) it builds a stand-in in exactly the published
+   format (same SavedModel layout, signature and numerics) with RANDOM weights, using
+   the test-side exporter, and says so; that one is cached in out/demo-cache, never in
+   the user cache, so it cannot be mistaken for the real weights.
+2. Convert it to native weights and check parity against `hub.KerasLayer`.
+3. `load_pretrained('vit_b32_fe')` and extract features for a sample image.
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-import vit_hub
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = "vit_b32_fe"
 
 
 def sample_image(size=224):
-    """A smooth synthetic RGB image in [-1, 1] (no download needed)."""
+    """A smooth synthetic RGB image, scaled to [-1, 1] as the checkpoints expect."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     rgb = np.stack([np.sin(6 * xx), np.cos(5 * yy), 2 * xx * yy - 1], axis=-1)
-    return rgb[None].astype(np.float32)
+    pixels = np.round((rgb + 1) * 127.5)  # an 8-bit image ...
+    return ((pixels - 127.5) / 127.5)[None].astype(np.float32)  # ... preprocessed
+
+
+def obtain_checkpoint():
+    """(cache_dir, source, label): the real model from Kaggle, or a test-built stand-in."""
+    from converters.download import DownloadError
+    from vit_hub.cache import CacheEntry
+
+    if CacheEntry(NAME).state() == "ok":
+        return None, None, "the real checkpoint, already converted in the user cache"
+    try:
+        from converters.download import download
+
+        source = download("spsayakpaul/vision-transformer/tensorFlow2/vit-b32-fe/1", timeout=600)
+        return None, source, "the real checkpoint, downloaded from Kaggle"
+    except DownloadError as err:
+        print(f"Kaggle is not reachable ({str(err).split(':')[1].strip()}).")
+    sys.path.insert(0, REPO)
+    from tests import hub_export
+
+    folder = os.path.join(REPO, "out", "demo-checkpoint", "vit-b32-fe")
+    if not os.path.exists(os.path.join(folder, "saved_model.pb")):
+        print("Building a TEST-BUILT stand-in in the published format (random weights) ...")
+        config = hub_export.ARCHS["b32"]
+        params = hub_export.init_params(config, "fe", seed=0)
+        hub_export.export_saved_model(params, config, "fe", folder + ".tmp")
+        os.replace(folder + ".tmp", folder)
+    return (os.path.join(REPO, "out", "demo-cache"), folder,
+            "a TEST-BUILT checkpoint in the published format with RANDOM weights "
+            "(not the real ViT-B/32)")
 
 
 def main():
-    model = vit_hub.create_vit_b32(image_size=224, include_top=False)
-    print(f"{model.name}: {model.count_params():,} parameters, "
-          f"{model.num_patches} patches + class token")
-    features = np.asarray(model.extract_features(sample_image()))
-    print(f"features {features.shape}, mean {features.mean():+.4f}, std {features.std():.4f}")
+    import vit_hub
+    from converters.pipeline import convert_into_cache
+
+    cache_dir, source, label = obtain_checkpoint()
+    print(f"Checkpoint: {label}.")
+    metadata = convert_into_cache(NAME, cache_dir=cache_dir, source=source)
+    parity = metadata["parity"]
+    print(f"Converted {metadata['handle']}: parity against hub.KerasLayer on "
+          f"{parity['batch']} images: max abs {parity['max_abs']:.2e} (tolerance "
+          f"{parity['tolerance']:.0e}), cosine {parity['cosine']:.8f}.")
+
+    model = vit_hub.load_pretrained(NAME, cache_dir=cache_dir, offline=True)
+    features = np.asarray(model(sample_image()))
+    print(f"load_pretrained('{NAME}'): {model.count_params():,} parameters; features of "
+          f"the sample image {features.shape}, norm {np.linalg.norm(features):.3f}.")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,17 @@ from vit_hub.layers import (
     TokenPooling,
     TransformerBlock,
 )
+from vit_hub.manifest import list_models
 from vit_hub.model import FACTORIES, VisionTransformer, create_vit
+from vit_hub.pretrained import load_pretrained
 from vit_hub.variants import list_variants, variant_config
 
 # create_vit_ti16(...), create_vit_s16(...), ..., create_vit_h16(...)
 globals().update(FACTORIES)
 
 __all__ = [
+    "load_pretrained",
+    "list_models",
     "VisionTransformer",
     "create_vit",
     "list_variants",

@@ -1,0 +1,255 @@
+"""load_pretrained and the cache, through the real kagglehub code.
+
+In-process tests register a tiny catalogue entry (`vit_tiny8_fe`, 2 blocks of width 32),
+served from a test-built checkpoint in the published format: from a kagglehub cache laid
+out as kagglehub lays it out, or downloaded through kagglehub from a loopback fake of
+Kaggle's API. End-to-end tests run the real `vit_b32_fe` in fresh processes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import vit_hub
+from converters.download import DownloadError
+from converters.parity import hub_outputs, parity_inputs
+from tests import hub_export
+from tests.kaggle_server import FakeKaggle, kaggle_env, kagglehub_cache_paths, lay_out_kagglehub_cache
+from vit_hub import manifest, variants
+from vit_hub.cache import CacheEntry, CacheError
+
+TINY_HANDLE = "spsayakpaul/vision-transformer/tensorFlow2/vit-tiny8-fe/1"
+TINY_CONFIG = hub_export.HubConfig(8, 32, 2, 4, 64, num_classes=1000, image_size=32)
+TINY_ENTRY = {
+    "handle": TINY_HANDLE, "variant": "vit_tiny8", "kind": "fe", "image_size": 32,
+    "input_range": [-1.0, 1.0], "output": {"kind": "features", "shape": [None, 32]},
+    "num_tensors": 38, "num_params": 0, "converter": "vit",
+}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_saved_model(tmp_path_factory):
+    params = hub_export.init_params(TINY_CONFIG, "fe", seed=3)
+    return hub_export.export_saved_model(params, TINY_CONFIG, "fe",
+                                         str(tmp_path_factory.mktemp("tiny") / "hub"))
+
+
+@pytest.fixture
+def tiny_catalogue(monkeypatch):
+    monkeypatch.setitem(variants._WIDTHS, "tiny", (32, 2, 4, 64))
+    monkeypatch.setitem(variants._VARIANTS, "vit_tiny8", ("tiny", 8))
+    models = {**manifest.load_manifest(), "vit_tiny8_fe": TINY_ENTRY}
+    monkeypatch.setattr(manifest, "load_manifest", lambda: models)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, tiny_catalogue):
+    """Fresh caches; kagglehub pointed at loopback port 7777 (nothing listens there
+    unless a test starts the fake server), with no credentials."""
+    for key, value in kaggle_env(tmp_path / "kagglehub").items():
+        monkeypatch.setenv(key, value)
+    for key in ("VIT_HUB_OFFLINE", "VIT_HUB_CACHE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("VIT_HUB_CACHE", str(tmp_path / "vit_hub"))
+    return tmp_path
+
+
+def cache_files(root):
+    return sorted(
+        os.path.relpath(os.path.join(folder, f), root)
+        for folder, _, files in os.walk(root) for f in files if not f.endswith(".lock")
+    )
+
+
+def test_cache_hit_in_kagglehub_cache_converts_without_network(env, tiny_saved_model):
+    lay_out_kagglehub_cache(env / "kagglehub", TINY_HANDLE, tiny_saved_model)
+    model = vit_hub.load_pretrained("vit_tiny8_fe")
+    inputs = parity_inputs(32)
+    np.testing.assert_allclose(model.predict(inputs, verbose=0),
+                               hub_outputs(tiny_saved_model, inputs), atol=1e-5)
+    metadata = CacheEntry("vit_tiny8_fe").metadata()
+    assert metadata["parity"]["max_abs"] <= 1e-5
+    assert metadata["handle"] == TINY_HANDLE
+    assert cache_files(env / "vit_hub") == ["v1/vit_tiny8_fe/vit_tiny8_fe.h5",
+                                            "v1/vit_tiny8_fe/vit_tiny8_fe.json"]
+
+
+def test_download_through_kagglehub_then_cache_hit(env, tiny_saved_model):
+    with FakeKaggle({TINY_HANDLE: tiny_saved_model}, set_environ=False) as server:
+        model = vit_hub.load_pretrained("vit_tiny8_fe")
+        assert ("POST", "/api/v1/models.ModelApiService/ListModelInstanceVersionFiles") in server.requests
+        first = len(server.requests)
+        again = vit_hub.load_pretrained("vit_tiny8_fe")
+        assert len(server.requests) == first  # a hit: no request at all
+    inputs = parity_inputs(32)
+    np.testing.assert_array_equal(model.predict(inputs, verbose=0), again.predict(inputs, verbose=0))
+
+
+@pytest.mark.parametrize("fault", ["http500", "truncated", "corrupt"])
+def test_failing_server_leaves_both_caches_clean(env, tiny_saved_model, fault):
+    options = {"send_md5": False} if fault == "corrupt" else {}
+    with FakeKaggle({TINY_HANDLE: tiny_saved_model}, fault=fault, set_environ=False, **options):
+        with pytest.raises((DownloadError, vit_hub.weights.WeightsError)) as err:
+            vit_hub.load_pretrained("vit_tiny8_fe")
+    assert "vit-tiny8-fe" in str(err.value) or "tiny" in str(err.value)
+    assert cache_files(env / "vit_hub") == []
+    assert cache_files(env / "kagglehub") == []
+    # ... and the next attempt against a healthy server succeeds.
+    with FakeKaggle({TINY_HANDLE: tiny_saved_model}, set_environ=False):
+        assert vit_hub.load_pretrained("vit_tiny8_fe").output_shape == (None, 32)
+
+
+def test_hanging_server_is_bounded(env, tiny_saved_model, monkeypatch):
+    monkeypatch.setenv("VIT_HUB_DOWNLOAD_TIMEOUT", "2")
+    with FakeKaggle({TINY_HANDLE: tiny_saved_model}, fault="hang", set_environ=False):
+        with pytest.raises(DownloadError, match="did not finish within 2 s"):
+            vit_hub.load_pretrained("vit_tiny8_fe")
+    assert cache_files(env / "vit_hub") == []
+
+
+def test_offline_never_touches_the_network(env, tiny_saved_model, monkeypatch):
+    monkeypatch.setenv("VIT_HUB_OFFLINE", "1")
+    with FakeKaggle({TINY_HANDLE: tiny_saved_model}, set_environ=False) as server:
+        with pytest.raises(CacheError) as err:
+            vit_hub.load_pretrained("vit_tiny8_fe")
+        assert server.requests == []
+    assert "offline mode is on" in str(err.value)
+    assert "convert-weights vit_tiny8_fe --source DIR" in str(err.value)
+    with pytest.raises(CacheError, match="offline mode is on"):
+        vit_hub.load_pretrained("vit_tiny8_fe", offline=True)
+
+
+def test_corrupt_cache_entry_is_detected(env, tiny_saved_model, monkeypatch):
+    lay_out_kagglehub_cache(env / "kagglehub", TINY_HANDLE, tiny_saved_model)
+    vit_hub.load_pretrained("vit_tiny8_fe")
+    entry = CacheEntry("vit_tiny8_fe")
+    data = bytearray(open(entry.weights_path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(entry.weights_path, "wb").write(bytes(data))
+    assert entry.state() == "corrupt"
+    with pytest.raises(CacheError, match="fail their sha256 check"):
+        vit_hub.load_pretrained("vit_tiny8_fe", offline=True)
+    with pytest.warns(UserWarning, match="Converting again"):
+        vit_hub.load_pretrained("vit_tiny8_fe")
+    assert entry.state() == "ok"
+
+
+def test_weights_path_loads_directly(env, tiny_saved_model):
+    lay_out_kagglehub_cache(env / "kagglehub", TINY_HANDLE, tiny_saved_model)
+    cached = vit_hub.load_pretrained("vit_tiny8_fe")
+    path = CacheEntry("vit_tiny8_fe").weights_path
+    direct = vit_hub.load_pretrained("vit_tiny8_fe", weights=path, cache_dir=env / "elsewhere")
+    inputs = parity_inputs(32)
+    np.testing.assert_array_equal(direct.predict(inputs, verbose=0), cached.predict(inputs, verbose=0))
+    assert not (env / "elsewhere").exists()
+
+
+def test_verify_reruns_parity(env, tiny_saved_model):
+    lay_out_kagglehub_cache(env / "kagglehub", TINY_HANDLE, tiny_saved_model)
+    vit_hub.load_pretrained("vit_tiny8_fe", verify=True)
+
+
+def test_unknown_name_and_hybrid(env):
+    with pytest.raises(ValueError, match="Did you mean 'vit_b32_fe'"):
+        vit_hub.load_pretrained("vit_b32_fee")
+    with pytest.raises(NotImplementedError, match="hybrid ResNet\\+ViT"):
+        vit_hub.load_pretrained("vit_r50_l32_fe")
+    assert cache_files(env) == []
+
+
+# === The manifest ===
+
+
+def test_manifest_has_the_16_published_models():
+    models = manifest.load_manifest()
+    assert len(models) == 16
+    for arch in ("s16", "b8", "b16", "b32", "l16", "r26_s32_lightaug", "r26_s32_medaug", "r50_l32"):
+        for kind in ("fe", "classification"):
+            entry = models[f"vit_{arch}_{kind}"]
+            assert entry["handle"] == (
+                f"spsayakpaul/vision-transformer/tensorFlow2/vit-{arch.replace('_', '-')}-{kind}/1")
+            assert entry["image_size"] == 224 and entry["input_range"] == [-1.0, 1.0]
+    for name in ("vit_b8", "vit_b16", "vit_b32", "vit_s16", "vit_l16"):
+        for kind, top in (("fe", False), ("classification", True)):
+            entry = models[f"{name}_{kind}"]
+            model = vit_hub.create_vit(name, include_top=top, pooling="token")
+            assert entry["num_params"] == model.count_params()
+            assert entry["num_tensors"] == len(model.weights)
+            assert entry["output"]["shape"][1:] == list(model.output_shape[1:])
+
+
+def test_manifest_is_installed_with_the_package(tmp_path):
+    """The wheel carries the manifest itself (not a link), equal to the top-level file."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), REPO], check=True, cwd=tmp_path)
+    wheel = next(tmp_path.glob("vit_hub-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read("vit_hub/weights_manifest.json")
+    assert json.loads(shipped) == json.load(open(os.path.join(REPO, "weights_manifest.json")))
+
+
+# === End to end, as a user runs it: fresh processes, the real vit_b32_fe ===
+
+
+@pytest.fixture(scope="module")
+def b32_fe_saved_model(tmp_path_factory):
+    """A full-size ViT-B/32 fe checkpoint in the published format (random weights)."""
+    config = hub_export.ARCHS["b32"]
+    params = hub_export.init_params(config, "fe", seed=0)
+    return hub_export.export_saved_model(params, config, "fe",
+                                         str(tmp_path_factory.mktemp("b32") / "vit-b32-fe"))
+
+
+def run(args, env, **kwargs):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("VIT_HUB", "KAGGLE"))}
+    return subprocess.run(args, env={**clean, "TF_CPP_MIN_LOG_LEVEL": "3", **env},
+                          capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def test_convert_weights_then_offline_load(b32_fe_saved_model, tmp_path):
+    cache = {"VIT_HUB_CACHE": str(tmp_path / "cache")}
+    cli = os.path.join(os.path.dirname(sys.executable), "convert-weights")
+    converted = run([cli, "vit_b32_fe", "--source", b32_fe_saved_model], cache)
+    assert converted.returncode == 0, converted.stderr
+    assert "vit_b32_fe  converted" in converted.stdout
+    listed = run([cli, "--list"], cache)
+    assert "vit_b32_fe" in listed.stdout and " ok " in listed.stdout
+
+    script = ("import sys, vit_hub, numpy as np; m = vit_hub.load_pretrained('vit_b32_fe'); "
+              "print(m(np.zeros((1, 224, 224, 3), 'float32')).shape); "
+              "print(sorted(k for k in ('tensorflow_hub', 'kagglehub', 'tf_keras') if k in sys.modules))")
+    loaded = run([sys.executable, "-c", script], {**cache, "VIT_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split("\n")[:2] == ["(1, 768)", "[]"]
+
+    empty = run([sys.executable, "-c", "import vit_hub; vit_hub.load_pretrained('vit_b32_fe')"],
+                {"VIT_HUB_CACHE": str(tmp_path / "empty"), "VIT_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert empty.returncode == 1
+    last = empty.stderr.strip().splitlines()[-1]
+    assert last.startswith("vit_hub.cache.CacheError: vit_b32_fe is not in the vit_hub cache")
+    assert "tensorflow/python" not in empty.stderr
+
+
+def test_convert_weights_exit_codes(tmp_path, tiny_saved_model):
+    cli = os.path.join(os.path.dirname(sys.executable), "convert-weights")
+    cache = {"VIT_HUB_CACHE": str(tmp_path / "cache")}
+    assert run([cli], cache).returncode == 2
+    unknown = run([cli, "vit_b32_fee"], cache)
+    assert unknown.returncode == 2 and "Did you mean 'vit_b32_fe'" in unknown.stderr
+    assert run([cli, "vit_b32_fe", "--source", str(tmp_path / "nope")], cache).returncode == 2
+    wrong = run([cli, "vit_b32_fe", "--source", tiny_saved_model], cache)
+    assert wrong.returncode == 1
+    assert "FAILED" in wrong.stdout and "it holds 38 tensors, the model needs 198" in wrong.stderr
+    assert ("looks like width 32, patch 8, 17 tokens; the model is width 768, patch 32, "
+            "50 tokens") in wrong.stderr
+    assert not (tmp_path / "cache" / "v1" / "vit_b32_fe").exists()
+    offline = run([cli, "vit_b32_fe"], {**cache, "VIT_HUB_OFFLINE": "1"})
+    assert offline.returncode == 1 and "offline mode is on" in offline.stderr
