@@ -10,8 +10,15 @@ from vit_hub.layers import (
     TokenPooling,
     TransformerBlock,
 )
+from vit_hub.attention import (
+    attention_maps,
+    attention_rollout,
+    intermediate_outputs,
+    save_attention_overlay,
+)
 from vit_hub.manifest import list_models
 from vit_hub.model import FACTORIES, VisionTransformer, create_vit
+from vit_hub.preprocessing import decode_predictions, preprocess
 from vit_hub.pretrained import load_pretrained
 from vit_hub.variants import list_variants, variant_config
 
@@ -21,6 +28,12 @@ globals().update(FACTORIES)
 __all__ = [
     "load_pretrained",
     "list_models",
+    "preprocess",
+    "decode_predictions",
+    "attention_maps",
+    "attention_rollout",
+    "intermediate_outputs",
+    "save_attention_overlay",
     "VisionTransformer",
     "create_vit",
     "list_variants",

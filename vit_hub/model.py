@@ -122,6 +122,10 @@ class VisionTransformer(keras.Model):
         else:
             outputs = tokens
         super().__init__(inputs=images, outputs=outputs, **kwargs)
+        if policy is not None:
+            # A functional Model keeps float32 as its own policy whatever `dtype` says;
+            # record the one its layers use, so that get_config() round-trips it.
+            self.dtype_policy = keras.dtype_policies.get(policy)
 
         # Direct handles on the layers, for feature extraction and weight mapping.
         self.embedding_layers = embedding
@@ -147,14 +151,33 @@ class VisionTransformer(keras.Model):
 
     @property
     def num_patches(self):
-        height, width = self.image_size
-        return (height // self.patch_size) * (width // self.patch_size)
+        rows, columns = self.grid_size
+        return rows * columns
 
-    def encode(self, images, training=False):
-        """All tokens after the final norm: (B, 1 + patches, hidden_dim)."""
-        return _encode(
-            images, self.embedding_layers, self.blocks, self.encoder_norm, training
+    @property
+    def grid_size(self):
+        """(rows, columns) of the patch grid."""
+        height, width = self.image_size
+        return height // self.patch_size, width // self.patch_size
+
+    def encode(self, images, training=False, return_attention=False,
+               return_intermediates=False):
+        """All tokens after the final norm: (B, 1 + patches, hidden_dim).
+
+        With `return_attention`, also a list with every block's attention weights
+        (B, heads, tokens, tokens); with `return_intermediates`, a list with every block's
+        output tokens (before the final norm). They follow the tokens in that order.
+        """
+        trace = [] if return_attention or return_intermediates else None
+        tokens = _encode(
+            images, self.embedding_layers, self.blocks, self.encoder_norm, training, trace
         )
+        extras = []
+        if return_attention:
+            extras.append([scores for _, scores in trace])
+        if return_intermediates:
+            extras.append([x for x, _ in trace])
+        return (tokens, *extras) if extras else tokens
 
     def extract_features(self, images, training=False):
         """One feature vector per image, (B, hidden_dim): the class token after the final
@@ -193,11 +216,18 @@ class VisionTransformer(keras.Model):
         return cls(**config)
 
 
-def _encode(images, embedding, blocks, encoder_norm, training=None):
-    """The encoder as one function, so the symbolic graph and eager calls share it."""
+def _encode(images, embedding, blocks, encoder_norm, training=None, trace=None):
+    """The encoder as one function, so the symbolic graph and eager calls share it.
+    If `trace` is a list, each block appends (its output, its attention weights)."""
     x = images
-    for layer in [*embedding, *blocks]:
+    for layer in embedding:
         x = layer(x, training=training)
+    for block in blocks:
+        if trace is None:
+            x = block(x, training=training)
+        else:
+            x, scores = block(x, training=training, return_attention_scores=True)
+            trace.append((x, scores))
     return encoder_norm(x)
 
 

@@ -12,7 +12,13 @@ from vit_hub.cache import CacheEntry, CacheError, is_offline
 from vit_hub.files import sha256
 from vit_hub.manifest import architecture_for, get_entry
 from vit_hub.model import VisionTransformer
-from vit_hub.weights import WeightsError, assign, read_weights_file
+from vit_hub.weights import (
+    WeightsError,
+    assign,
+    native_variables,
+    read_weights_file,
+    resample_position_embeddings,
+)
 
 
 def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights=None,
@@ -29,7 +35,14 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
         offline: never touch the network (default: $VIT_HUB_OFFLINE=1).
         verify: also re-run the parity check against the hub model (needs its download).
         weights: path of a converted weights file to load instead of the cache.
-        **model_kwargs: `VisionTransformer` arguments, e.g. `dropout`, `dtype`, `name`.
+        **model_kwargs: `VisionTransformer` arguments, e.g. `dropout`, `dtype`, `name`,
+            and those that reshape the model:
+            `image_size` (int or (height, width), multiples of the patch size): the
+                position embeddings are resampled bicubically (class token kept); a
+                warning says that accuracy at the new size needs fine-tuning.
+            `num_classes`: a classification model gets a new, zero-initialised head.
+            `include_top=True, num_classes=N` on an fe model: a new head on the
+                class token. `include_top=False` on a classification model drops it.
     """
     entry = get_entry(name)
     architecture_for(entry)  # a model without converter fails here, before any download
@@ -37,7 +50,8 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
     tensors, architecture = read_weights_file(path)
     _check_sidecar_checksum(path)
     model = _build(name, entry, architecture, model_kwargs)
-    assign(model, tensors, source=f"weights file {path}")
+    tensors, names = _fit(tensors, architecture, model)
+    assign(model, tensors, source=f"weights file {path}", names=names)
     if verify:
         _verify(model, entry)
     return model
@@ -93,6 +107,32 @@ def _build(name, entry, architecture, model_kwargs):
     config.setdefault("name", name)
     config.update(model_kwargs)
     return VisionTransformer(**config)
+
+
+def _fit(tensors, architecture, model):
+    """Adapts the stored tensors to `model`: position embeddings resampled to its grid,
+    the head dropped or left fresh where the model's differs. Returns the tensors and the
+    {key: native path} of those to assign."""
+    tensors = dict(tensors)
+    key = "position_embedding/embeddings"
+    height, width = architecture["image_size"]
+    old_grid = (height // architecture["patch_size"], width // architecture["patch_size"])
+    if old_grid != model.grid_size:
+        tensors[key] = resample_position_embeddings(tensors[key], old_grid, model.grid_size)
+        warnings.warn(
+            f"{model.name}: position embeddings resampled from a {old_grid[0]}x{old_grid[1]} "
+            f"to a {model.grid_size[0]}x{model.grid_size[1]} patch grid (image size "
+            f"{model.image_size[0]}x{model.image_size[1]}). The weights were trained at "
+            f"{height}x{width}: fine-tune at the new size for full accuracy.",
+            stacklevel=3,
+        )
+    new_head = model.include_top and (
+        not architecture["include_top"] or model.num_classes != architecture["num_classes"]
+    )
+    if new_head or not model.include_top:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("head/")}
+    names = {k: k for k in native_variables(model) if not (new_head and k.startswith("head/"))}
+    return tensors, names
 
 
 def _verify(model, entry):

@@ -1,0 +1,69 @@
+"""Looking inside: attention weights, intermediate outputs, attention rollout.
+
+Attention rollout: Abnar & Zuidema, "Quantifying Attention Flow in Transformers" (2020).
+"""
+
+import numpy as np
+
+
+def attention_maps(model, images):
+    """Every block's attention weights: a list of (B, heads, tokens, tokens) arrays,
+    token 0 being the class token."""
+    _, maps = model.encode(images, return_attention=True)
+    return [np.asarray(m) for m in maps]
+
+
+def intermediate_outputs(model, images):
+    """Every block's output tokens (before the final norm): a list of (B, tokens, D)."""
+    _, outputs = model.encode(images, return_intermediates=True)
+    return [np.asarray(x) for x in outputs]
+
+
+def attention_rollout(maps, grid_size, head_fusion="mean"):
+    """How much each patch flows into the class token through all blocks: (B, rows, cols)
+    in [0, 1]. Heads are fused by mean (or max), the residual connection is modelled by
+    adding the identity, and the per-block matrices are multiplied in order."""
+    fuse = {"mean": np.mean, "max": np.max}.get(head_fusion)
+    if fuse is None:
+        raise ValueError(f"head_fusion must be 'mean' or 'max', got {head_fusion!r}.")
+    rollout = None
+    for weights in maps:
+        fused = fuse(np.asarray(weights, np.float64), axis=1)
+        fused = fused + np.eye(fused.shape[-1])
+        fused /= fused.sum(-1, keepdims=True)
+        rollout = fused if rollout is None else fused @ rollout
+    flow = rollout[:, 0, 1:]
+    rows, cols = grid_size
+    if flow.shape[-1] != rows * cols:
+        raise ValueError(f"{flow.shape[-1]} patch tokens do not fit a {rows}x{cols} grid.")
+    flow = flow.reshape(-1, rows, cols)
+    low = flow.min(axis=(1, 2), keepdims=True)
+    high = flow.max(axis=(1, 2), keepdims=True)
+    return (flow - low) / np.maximum(high - low, 1e-12)
+
+
+def save_attention_overlay(image, rollout, path, alpha=0.5):
+    """Writes `image` ((H, W, 3) in [-1, 1], as the model saw it) with the rollout map
+    (rows, cols) blended over it as a heat map, to a PNG file (atomically)."""
+    import tensorflow as tf
+
+    from vit_hub.files import atomic_path
+
+    image = (np.clip(np.asarray(image, np.float32), -1, 1) + 1) / 2
+    heat = tf.image.resize(np.asarray(rollout, np.float32)[..., None], image.shape[:2],
+                           method="bicubic").numpy()[..., 0]
+    blended = (1 - alpha) * image + alpha * _heat_colours(np.clip(heat, 0, 1))
+    png = tf.io.encode_png(np.round(blended * 255).astype(np.uint8)).numpy()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(png)
+    return path
+
+
+def _heat_colours(values):
+    """A black -> red -> yellow -> white colour ramp for values in [0, 1]."""
+    anchors = np.array([[0, 0, 0], [0.8, 0, 0], [1, 0.8, 0], [1, 1, 1]], np.float32)
+    position = values * (len(anchors) - 1)
+    low = np.floor(position).astype(int).clip(0, len(anchors) - 2)
+    t = (position - low)[..., None]
+    return (1 - t) * anchors[low] + t * anchors[low + 1]

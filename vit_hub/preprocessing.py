@@ -1,0 +1,125 @@
+"""Images in, answers out: the checkpoints' preprocessing, and ImageNet class names.
+
+The published models take RGB float32 in [-1, 1], `(pixel - 127.5) / 127.5`, at 224x224.
+"""
+
+import functools
+import importlib.resources
+import os
+
+import numpy as np
+
+
+def preprocess(images, image_size=224, crop_fraction=None):
+    """Images -> float32 (B, height, width, 3) in [-1, 1], as the checkpoints expect.
+
+    Args:
+        images: a file path (JPEG, PNG, GIF, BMP) or a list of them; a PIL image or a
+            list; an array (H, W, 3) or (B, H, W, 3) of uint8 (0..255) or floats in
+            [0, 1]; or a list of such arrays of any sizes.
+        image_size: int or (height, width) of the output.
+        crop_fraction: if given, keep this central fraction of each image before
+            resizing (e.g. 0.875, the classic ImageNet evaluation crop).
+    """
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    batch = [_resize(image, size, crop_fraction) for image in _as_images(images)]
+    if not batch:
+        raise ValueError("preprocess got no images.")
+    return (np.stack(batch) * 2.0 - 1.0).astype(np.float32)
+
+
+def _as_images(images):
+    """Yields each image as a float32 (H, W, 3) array in [0, 1]."""
+    if isinstance(images, (str, os.PathLike)):
+        yield _read(images)
+    elif _is_pil(images):
+        yield _check_array(np.asarray(images.convert("RGB")), "PIL image")
+    elif isinstance(images, (list, tuple)):
+        for image in images:
+            yield from _as_images(image)
+    else:
+        array = np.asarray(images)
+        if array.ndim == 4:
+            yield from (_check_array(a, "image batch") for a in array)
+        else:
+            yield _check_array(array, "image")
+
+
+def _is_pil(obj):
+    return hasattr(obj, "convert") and hasattr(obj, "getbands")
+
+
+def _read(path):
+    import tensorflow as tf
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No image file at {path}.")
+    try:
+        image = tf.io.decode_image(tf.io.read_file(os.fspath(path)), channels=3,
+                                   expand_animations=False)
+    except tf.errors.InvalidArgumentError:
+        raise ValueError(f"{path} is not a readable JPEG, PNG, GIF or BMP image.") from None
+    return image.numpy().astype(np.float32) / 255.0
+
+
+def _check_array(array, what):
+    if array.ndim != 3:
+        raise ValueError(
+            f"{what} has shape {array.shape}: expected (height, width, 3) or a batch "
+            "(batch, height, width, 3)."
+        )
+    if array.shape[-1] != 3:
+        hint = ("grayscale: repeat it to 3 channels, np.repeat(image, 3, axis=-1)"
+                if array.shape[-1] == 1 else "drop the extra channels, e.g. image[..., :3]"
+                if array.shape[-1] == 4 else "images must be RGB, channels last")
+        raise ValueError(f"{what} has {array.shape[-1]} channels, expected 3 (RGB): {hint}.")
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(
+            f"{what} has dtype {array.dtype}: pass uint8 (0..255) or floats in [0, 1]."
+        )
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} contains NaN or infinite values.")
+    if array.min() < 0.0 or array.max() > 1.0:
+        raise ValueError(
+            f"{what} is float with values in [{array.min():.3g}, {array.max():.3g}]: float "
+            "images must be in [0, 1] (pass uint8 for 0..255; vit_hub.preprocess does the "
+            "scaling to [-1, 1] itself)."
+        )
+    return array.astype(np.float32)
+
+
+def _resize(image, size, crop_fraction):
+    import tensorflow as tf
+
+    if crop_fraction:
+        image = tf.image.central_crop(image, crop_fraction)
+    return tf.image.resize(image, size, method="bilinear", antialias=True).numpy()
+
+
+@functools.cache
+def imagenet_classes():
+    """[(WordNet id, names)] of the 1000 ILSVRC-2012 classes, in the models' order.
+
+    Shipped in the package (vit_hub/data/imagenet_classes.tsv; the list as timm
+    distributes it, Apache-2.0), so nothing is downloaded.
+    """
+    text = importlib.resources.files("vit_hub").joinpath("data/imagenet_classes.tsv").read_text()
+    return [tuple(line.split("\t")) for line in text.splitlines()]
+
+
+def decode_predictions(logits, top=5):
+    """Logits (B, 1000) -> per image, the `top` [(WordNet id, class names, probability)]."""
+    logits = np.asarray(logits, np.float64)
+    if logits.ndim != 2 or logits.shape[-1] != 1000:
+        raise ValueError(
+            f"decode_predictions expects ImageNet logits of shape (batch, 1000), got "
+            f"{logits.shape}; a model with another head has no ImageNet class names."
+        )
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    classes = imagenet_classes()
+    return [
+        [(*classes[i], float(p[i])) for i in np.argsort(-p)[:top]] for p in probabilities
+    ]
