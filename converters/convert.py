@@ -7,16 +7,19 @@ import os
 
 from converters import ConversionError
 from converters.hub_saved_model import read_hub_saved_model
-from converters.name_map import assign_linen
+from converters.name_map import assign_linen, linen_shapes, linen_to_native
 from converters.npz import read_npz
 from converters.parity import ParityReport, check_parity
+from vit_hub.weights import describe_architecture
 
 
 @dataclasses.dataclass
 class Conversion:
-    model: object
+    tensors: dict  # {Linen path: array or LazyTensor}, names and shapes checked
+    architecture: dict  # as vit_hub.weights.architecture() records it
     source: str
-    parity: ParityReport | None
+    parity: ParityReport | None = None
+    model: object = None  # the native model, built only to verify
 
 
 def source_format(source):
@@ -33,34 +36,46 @@ def source_format(source):
 
 def convert(source, architecture, include_top, *, verify=True, reference=None,
             progress=None):
-    """Builds the native model for `architecture` (VisionTransformer kwargs), fills it
-    from `source` and, when `verify`, checks it against the hub SavedModel (`source`
-    itself, or `reference` for an npz source). Raises ConversionError / ParityError.
-    `progress(step)` is called with 'convert', then 'verify'."""
-    from vit_hub import VisionTransformer
+    """Reads `source` for `architecture` (VisionTransformer kwargs), checking every name
+    and shape and, when `verify`, builds the native model and checks it against the hub
+    SavedModel (`source` itself, or `reference` for an npz source). Without `verify` no
+    model is built and tensors stay lazy, so writing streams them one at a time.
+    Raises ConversionError / ParityError. `progress(step)` gets 'convert', 'verify'."""
+    from vit_hub.weights import fit_problems, normalized_architecture, raise_problems
 
-    (progress or (lambda _: None))("convert")
+    step = progress or (lambda _: None)
+    step("convert")
     source = os.fspath(source)
-    # fe models output the class token after the final norm, (B, hidden_dim).
-    model = VisionTransformer(
-        include_top=include_top, pooling=None if include_top else "token", **architecture
-    )
+    arch = normalized_architecture(architecture, include_top)
     if source_format(source) == "saved_model":
-        tensors = read_hub_saved_model(source, model)
+        tensors = read_hub_saved_model(source, architecture, include_top)
         reference = reference or source
     else:
         tensors = read_npz(source, include_top)
-    assign_linen(model, tensors, source=f"checkpoint {source}")
-    parity = None
-    (progress or (lambda _: None))("verify")
+    problems = fit_problems(tensors, linen_shapes(architecture, include_top), "checkpoint")
+    raise_problems(describe_architecture(arch), problems, f"checkpoint {source}", ConversionError)
+    conversion = Conversion(tensors, arch, source)
+    step("verify")
     if verify:
         if reference is None:
             raise ConversionError(
                 f"Cannot verify {source}: an npz has no hub outputs to compare with. Pass "
                 "the hub SavedModel as reference, or skip verification (--no-verify)."
             )
-        parity = check_parity(model, reference)
-    return Conversion(model, source, parity)
+        conversion.model = build_model(arch, tensors)
+        conversion.parity = check_parity(conversion.model, reference)
+    return conversion
+
+
+def build_model(arch, tensors):
+    """The native model of `arch` filled with `tensors` (Linen paths). fe models output
+    the class token after the final norm, (B, hidden_dim), as the hub models do."""
+    from vit_hub import VisionTransformer
+
+    pooling = None if arch["include_top"] else "token"
+    model = VisionTransformer(pooling=pooling, **arch)
+    assign_linen(model, tensors)
+    return model
 
 
 def write_converted(conversion, weights_path, name, extra=None):
@@ -68,15 +83,18 @@ def write_converted(conversion, weights_path, name, extra=None):
     returns the metadata. The metadata holds the sha256 that loading verifies."""
     import vit_hub
     from vit_hub.files import sha256, write_text
-    from vit_hub.weights import FORMAT_VERSION, architecture, save_weights_file
+    from vit_hub.weights import FORMAT_VERSION, write_weights_file
 
-    save_weights_file(conversion.model, weights_path)
+    names = linen_to_native(conversion.architecture["num_layers"],
+                            conversion.architecture["include_top"])
+    native = {names[linen]: tensor for linen, tensor in conversion.tensors.items()}
+    write_weights_file(weights_path, native, conversion.architecture)
     metadata = {
         "name": name,
         "format_version": FORMAT_VERSION,
         "weights_file": os.path.basename(weights_path),
         "sha256": sha256(weights_path),
-        "architecture": architecture(conversion.model),
+        "architecture": conversion.architecture,
         "source": conversion.source,
         "parity": dataclasses.asdict(conversion.parity) if conversion.parity else None,
         "vit_hub_version": vit_hub.__version__,

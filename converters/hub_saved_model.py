@@ -14,9 +14,9 @@ import re
 
 import numpy as np
 
-from converters.name_map import linen_to_native
 from converters import ConversionError
-from vit_hub.weights import describe, native_variables
+from converters.name_map import linen_shapes
+from vit_hub.weights import describe_architecture, normalized_architecture
 
 _VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 _FLAT = re.compile(r"^variables/(\d+)" + re.escape(_VALUE) + "$")
@@ -38,63 +38,82 @@ def checkpoint_prefix(saved_model_dir):
     return prefix
 
 
+class LazyTensor:
+    """A checkpoint tensor read only when converted to an array, so that a conversion
+    holds one tensor in memory at a time."""
+
+    def __init__(self, reader, key, shape):
+        self.reader, self.key, self.shape = reader, key, tuple(shape)
+
+    def __array__(self, dtype=None, copy=None):
+        try:
+            value = self.reader.get_tensor(self.key)
+        except (ValueError, IndexError, RuntimeError) as err:  # a short or corrupt read
+            raise ConversionError(_unreadable(self.key, err)) from None
+        return value.astype(dtype) if dtype is not None else value
+
+
 def read_checkpoint(saved_model_dir):
-    """{checkpoint key: array} of every variable value in the SavedModel."""
+    """{checkpoint key: LazyTensor} of every variable value in the SavedModel."""
     import tensorflow as tf
 
     prefix = checkpoint_prefix(saved_model_dir)
     try:
         reader = tf.train.load_checkpoint(prefix)
-        keys = [k for k in reader.get_variable_to_shape_map() if k.endswith(_VALUE)]
-        return {key: reader.get_tensor(key) for key in keys}
-    except (tf.errors.OpError, ValueError, IndexError) as err:  # IndexError: short read
-        raise ConversionError(
-            f"Cannot read the variables of {saved_model_dir}: {type(err).__name__}: "
-            f"{str(err).splitlines()[0]}. The download is probably truncated or corrupt: "
-            "delete it and download again (convert-weights NAME --force)."
-        ) from None
+        shapes = reader.get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError, IndexError) as err:
+        raise ConversionError(_unreadable(saved_model_dir, err)) from None
+    return {k: LazyTensor(reader, k, shape) for k, shape in shapes.items() if k.endswith(_VALUE)}
 
 
-def read_hub_saved_model(saved_model_dir, model):
-    """The SavedModel's tensors as `{Linen path: array}` for `model`'s config.
+def _unreadable(what, err):
+    return (f"Cannot read the variables of {what}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}. The download is probably "
+            "truncated or corrupt: delete it and download again (convert-weights NAME --force).")
+
+
+def read_hub_saved_model(saved_model_dir, architecture, include_top):
+    """The SavedModel's tensors as `{Linen path: LazyTensor}` for `architecture`
+    (VisionTransformer kwargs).
 
     Accepts the published flat layout (`variables/<i>`) and a layout whose keys carry
     the Linen names (any prefix). Raises ConversionError listing every count or shape
-    that does not fit.
+    that does not fit; no tensor data is read until the caller converts one.
     """
     values = read_checkpoint(saved_model_dir)
-    expected = linen_to_native(model.num_layers, model.include_top)
+    expected = linen_shapes(architecture, include_top)
     flat = {int(m.group(1)): v for k, v in values.items() if (m := _FLAT.match(k))}
     if flat:
-        return _match_by_order(flat, expected, model, saved_model_dir)
+        return _match_by_order(flat, expected, architecture, include_top, saved_model_dir)
     return _match_by_name(values, expected, saved_model_dir)
 
 
-def _match_by_order(flat, expected, model, source):
+def _match_by_order(flat, expected, architecture, include_top, source):
     order = flatten_order(expected)
-    shapes = {k: tuple(v.shape) for k, v in native_variables(model).items()}
+    arch = normalized_architecture(architecture, include_top)
     problems = []
     if sorted(flat) != list(range(len(flat))):
         problems.append(f"variable indices are not 0..{len(flat) - 1}")
     if len(flat) != len(order):
         # Index i no longer names the same tensor: describe the checkpoint instead.
+        height, width = arch["image_size"]
+        tokens = (height // arch["patch_size"]) * (width // arch["patch_size"]) + 1
         problems.append(
             f"it holds {len(flat)} tensors, the model needs {len(order)}"
-            + _count_hint(len(flat) - len(order), model)
+            + _count_hint(len(flat) - len(order), include_top)
         )
         problems.append(f"the checkpoint looks like {_sketch(flat)}; the model is "
-                        f"width {model.hidden_dim}, patch {model.patch_size}, "
-                        f"{model.num_patches + 1} tokens")
+                        f"width {arch['hidden_dim']}, patch {arch['patch_size']}, {tokens} tokens")
     else:
         for index, linen in enumerate(order):
-            if tuple(flat[index].shape) != shapes[expected[linen]]:
+            if flat[index].shape != expected[linen]:
                 problems.append(
-                    f"variables/{index} ({linen}) has shape {tuple(flat[index].shape)}, "
-                    f"expected {shapes[expected[linen]]}"
+                    f"variables/{index} ({linen}) has shape {flat[index].shape}, "
+                    f"expected {expected[linen]}"
                 )
     if problems:
         raise ConversionError(
-            f"The SavedModel {source} does not match {describe(model)}:\n  - "
+            f"The SavedModel {source} does not match {describe_architecture(arch)}:\n  - "
             + "\n  - ".join(problems[:12])
             + (f"\n  - ... and {len(problems) - 12} more" if len(problems) > 12 else "")
             + "\nCheck that the checkpoint is the variant and kind (fe/classification) "
@@ -105,17 +124,17 @@ def _match_by_order(flat, expected, model, source):
 
 def _sketch(flat):
     """Width, patch and token count read off a flat checkpoint's shapes."""
-    shapes = [tuple(v.shape) for v in flat.values()]
+    shapes = [tuple(flat[i].shape) for i in sorted(flat)]
     kernel = next((s for s in shapes if len(s) == 4), None)
     tokens = next((s for s in shapes if len(s) == 3 and s[0] == 1 and s[1] > 1), None)
     return (f"width {shapes[0][-1] if shapes else '?'}, "
             f"patch {kernel[0] if kernel else '?'}, {tokens[1] if tokens else '?'} tokens")
 
 
-def _count_hint(surplus, model):
-    if surplus == 2 and not model.include_top:
+def _count_hint(surplus, include_top):
+    if surplus == 2 and not include_top:
         return " (2 more: a classification checkpoint, with head, asked for as fe?)"
-    if surplus == -2 and model.include_top:
+    if surplus == -2 and include_top:
         return " (2 fewer: an fe checkpoint, without head, asked for as classification?)"
     if surplus % 16 == 0 and surplus:
         return f" ({surplus // 16:+d} encoder blocks of 16 tensors: another depth?)"

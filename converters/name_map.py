@@ -61,3 +61,38 @@ def assign_linen(model, tensors, source="checkpoint"):
     from vit_hub.weights import assign
 
     assign(model, tensors, source, linen_to_native(model.num_layers, model.include_top))
+
+
+def linen_shapes(architecture, include_top):
+    """{Linen path: shape} of a checkpoint for `architecture` (VisionTransformer kwargs),
+    computed without building a model (tests check it against the model's variables)."""
+    d, mlp, heads = architecture["hidden_dim"], architecture["mlp_dim"], architecture["num_heads"]
+    patch, size = architecture["patch_size"], architecture["image_size"]
+    height, width = (size, size) if isinstance(size, int) else size
+    tokens = (height // patch) * (width // patch) + 1
+    attention = "MultiHeadDotProductAttention_0"
+    block = {
+        **{f"LayerNorm_{k}/{p}": (d,) for k in (0, 1) for p in ("scale", "bias")},
+        **{f"{attention}/{n}/kernel": (d, heads, d // heads) for n in ("query", "key", "value")},
+        **{f"{attention}/{n}/bias": (heads, d // heads) for n in ("query", "key", "value")},
+        f"{attention}/out/kernel": (heads, d // heads, d),
+        f"{attention}/out/bias": (d,),
+        "MlpBlock_0/Dense_0/kernel": (d, mlp),
+        "MlpBlock_0/Dense_0/bias": (mlp,),
+        "MlpBlock_0/Dense_1/kernel": (mlp, d),
+        "MlpBlock_0/Dense_1/bias": (d,),
+    }
+    shapes = {
+        "embedding/kernel": (patch, patch, 3, d),
+        "embedding/bias": (d,),
+        "cls": (1, 1, d),
+        "Transformer/posembed_input/pos_embedding": (1, tokens, d),
+        "Transformer/encoder_norm/scale": (d,),
+        "Transformer/encoder_norm/bias": (d,),
+    }
+    for i in range(architecture["num_layers"]):
+        shapes.update({f"Transformer/encoderblock_{i}/{k}": v for k, v in block.items()})
+    if include_top:
+        classes = architecture.get("num_classes", 1000)
+        shapes.update({"head/kernel": (d, classes), "head/bias": (classes,)})
+    return shapes

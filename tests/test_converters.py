@@ -112,6 +112,38 @@ def test_weights_file_round_trip(exported, tmp_path):
                                   result.model.predict(inputs, verbose=0))
 
 
+@pytest.mark.parametrize("include_top", [True, False])
+def test_linen_shapes_are_the_model_shapes(include_top):
+    """The shapes a conversion checks without building a model are the model's own."""
+    from converters.name_map import linen_shapes
+    from vit_hub.weights import native_variables
+
+    arch = dict(image_size=(32, 48), patch_size=8, hidden_dim=24, num_layers=3, num_heads=3,
+                mlp_dim=40, num_classes=7)
+    variables = native_variables(VisionTransformer(include_top=include_top, **arch))
+    names = linen_to_native(3, include_top)
+    assert linen_shapes(arch, include_top) == {k: tuple(variables[n].shape) for k, n in names.items()}
+
+
+def test_unverified_conversion_streams_without_a_model(exported, tmp_path):
+    config, _, saved_model, _ = exported("b16", "fe")
+    result = convert(saved_model, architecture(config), include_top=False, verify=False)
+    assert result.model is None and result.parity is None
+    path = tmp_path / "fe.h5"
+    write_converted(result, path, "fe")
+    loaded = load_weights_file(VisionTransformer(include_top=False, pooling="token",
+                                                 **architecture(config)), path)
+    inputs = parity_inputs(config.image_size)
+    np.testing.assert_allclose(loaded.predict(inputs, verbose=0),
+                               _hub_layer(saved_model)(inputs), atol=TOLERANCE)
+
+
+def _hub_layer(path):
+    import tensorflow_hub as hub
+
+    return hub.KerasLayer(path)
+
+
 def test_flatten_order_is_the_published_b16_layout():
     """Index -> name of the published ViT-B/16 classification export (hub-format.md)."""
     order = flatten_order(linen_to_native(12, include_top=True))
@@ -193,8 +225,7 @@ def test_swapped_equal_shapes_pass_the_shape_check_but_fail_parity(exported, tmp
     permutation[q], permutation[k] = k, q
     swapped = hub_export.export_saved_model(params, config, "fe", str(tmp_path / "swapped"),
                                             variable_order=permutation)
-    model = VisionTransformer(include_top=False, **architecture(config))
-    read_hub_saved_model(swapped, model)  # every shape fits
+    read_hub_saved_model(swapped, architecture(config), include_top=False)  # shapes all fit
     with pytest.raises(ParityError, match="exceeds the tolerance 1e-04"):
         convert(swapped, architecture(config), include_top=False)
 

@@ -44,41 +44,40 @@ def native_variables(model):
 
 
 def describe(model):
+    return describe_architecture(architecture(model), model.name)
+
+
+def describe_architecture(arch, name="the model"):
     return (
-        f"{model.name} ({model.num_layers} blocks, hidden {model.hidden_dim}, "
-        f"patch {model.patch_size}, {'with' if model.include_top else 'without'} head)"
+        f"{name} ({arch['num_layers']} blocks, hidden {arch['hidden_dim']}, "
+        f"patch {arch['patch_size']}, {'with' if arch['include_top'] else 'without'} head)"
     )
 
 
-def check_fit(model, tensors, source="checkpoint", names=None):
-    """Every problem that keeps `tensors` from filling `model`, as sentences.
-
-    `names` maps the tensors' keys to native paths (identity when None).
-    """
-    variables = native_variables(model)
-    names = names if names is not None else {path: path for path in variables}
+def fit_problems(tensors, expected, source="checkpoint"):
+    """Every problem that keeps `tensors` from filling `expected` ({key: shape}), as
+    sentences: missing keys, surplus keys, wrong shapes."""
     problems = []
-    missing = [key for key in names if key not in tensors]
-    surplus = [key for key in tensors if key not in names]
+    missing = [key for key in expected if key not in tensors]
+    surplus = [key for key in tensors if key not in expected]
     if missing:
         problems.append(f"missing from the {source}: {', '.join(missing)}")
     if surplus:
         problems.append(f"in the {source} but not in the model: {', '.join(surplus)}")
     for key, array in tensors.items():
-        if key in names:
-            expected = tuple(variables[names[key]].shape)
-            if tuple(np.shape(array)) != expected:
-                problems.append(
-                    f"{key}: {source} has shape {tuple(np.shape(array))}, "
-                    f"the model expects {expected}"
-                )
+        if key in expected and tuple(np.shape(array)) != tuple(expected[key]):
+            problems.append(
+                f"{key}: {source} has shape {tuple(np.shape(array))}, "
+                f"the model expects {tuple(expected[key])}"
+            )
     return problems
 
 
-def raise_problems(model, problems, source="checkpoint"):
+def raise_problems(what, problems, source="checkpoint", error=None):
+    """Raises `error` (WeightsError) listing `problems`, if any; `what` names the model."""
     if problems:
-        raise WeightsError(
-            f"The {source} does not match {describe(model)}:\n  - "
+        raise (error or WeightsError)(
+            f"The {source} does not match {what}:\n  - "
             + "\n  - ".join(problems)
             + "\nCheck that the checkpoint and the model name/config are the same variant."
         )
@@ -89,9 +88,10 @@ def assign(model, tensors, source="weights file", names=None):
     keys are native paths). Every tensor must be used once and fit its variable's shape;
     otherwise nothing is assigned and the error lists each missing, surplus and
     mis-shaped tensor."""
-    raise_problems(model, check_fit(model, tensors, source, names), source)
     variables = native_variables(model)
     names = names if names is not None else {path: path for path in variables}
+    expected = {key: tuple(variables[native].shape) for key, native in names.items()}
+    raise_problems(describe(model), fit_problems(tensors, expected, source), source)
     for key, native in names.items():
         variables[native].assign(np.asarray(tensors[key], np.float32))
 
@@ -101,21 +101,39 @@ def architecture(model):
     return {k: model.get_config()[k] for k in ARCHITECTURE_KEYS}
 
 
+def normalized_architecture(kwargs, include_top):
+    """ARCHITECTURE_KEYS from VisionTransformer kwargs, as `architecture(model)` gives them."""
+    size = kwargs["image_size"]
+    height, width = (size, size) if isinstance(size, int) else size
+    return {**{k: kwargs[k] for k in ARCHITECTURE_KEYS if k in kwargs},
+            "image_size": [int(height), int(width)], "include_top": bool(include_top),
+            "num_classes": kwargs.get("num_classes", 1000)}
+
+
 ARCHITECTURE_KEYS = ("image_size", "patch_size", "hidden_dim", "num_layers", "num_heads",
                      "mlp_dim", "include_top", "num_classes")
 
 
 def save_weights_file(model, path):
     """Writes `model`'s weights to `path` atomically (temporary file, then rename)."""
+    variables = native_variables(model)
+    return write_weights_file(path, {k: v.numpy() for k, v in variables.items()},
+                              architecture(model))
+
+
+def write_weights_file(path, tensors, arch):
+    """Writes `{canonical path: array-like}` and the architecture to `path` atomically.
+    Tensors are materialised one at a time (`np.asarray`), so a lazy source streams
+    through with one tensor in memory."""
     import h5py
 
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["architecture"] = json.dumps(architecture(model))
-            for name, variable in native_variables(model).items():
-                f.create_dataset(name, data=np.asarray(variable.numpy(), np.float32))
+            f.attrs["architecture"] = json.dumps(arch)
+            for name, tensor in tensors.items():
+                f.create_dataset(name, data=np.asarray(tensor, np.float32))
     return os.fspath(path)
 
 
