@@ -43,6 +43,11 @@ def parse_args(argv):
         parser.error("--source, --reference and --output go with exactly one NAME")
     if args.source and not os.path.exists(args.source):
         parser.error(f"--source {args.source}: no such file or folder")
+    if args.output and os.path.isdir(args.output):
+        parser.error(f"--output {args.output} is a folder: give the path of the weights "
+                     f"file to write, e.g. {os.path.join(args.output, 'NAME.h5')}")
+    if args.cache_dir and os.path.exists(args.cache_dir) and not os.path.isdir(args.cache_dir):
+        parser.error(f"--cache-dir {args.cache_dir} is a file, not a folder")
     return args
 
 
@@ -75,11 +80,12 @@ def convert_one(name, args):
     from vit_hub.cache import CacheEntry, is_offline
 
     entry = CacheEntry(name, args.cache_dir)
-    was_cached = not args.force and entry.state() == "ok"
+    steps = []  # none when the entry was complete (also if another process made it)
     start = time.perf_counter()
     with tqdm(total=len(STEPS), desc=name, unit="step", file=sys.stderr, leave=False) as bar:
 
         def progress(step):
+            steps.append(step)
             bar.set_postfix_str(step)
             bar.n = STEPS.index(step)
             bar.refresh()
@@ -97,8 +103,8 @@ def convert_one(name, args):
     parity = metadata.get("parity")
     return [
         name,
-        "cached" if was_cached else "converted",
-        f"{parity['max_abs']:.2e}" if parity else "not verified",
+        "converted" if steps else "cached",
+        f"{parity['max_abs']:.2e}" if isinstance(parity, dict) else "not verified",
         f"{time.perf_counter() - start:.1f}",
         args.output or entry.weights_path,
     ]
@@ -114,7 +120,7 @@ def print_list(names, cache_dir):
         state = cache.state() if entry.get("converter") else "no converter yet"
         parity = (cache.metadata() or {}).get("parity") if state == "ok" else None
         rows.append([name, entry["handle"], state,
-                     f"{parity['max_abs']:.2e}" if parity else "-"])
+                     f"{parity['max_abs']:.2e}" if isinstance(parity, dict) else "-"])
     print_table(["model", "kaggle handle", "cache", "parity max abs"], rows)
     return 0
 

@@ -7,6 +7,7 @@ call runs under a deadline, and on any failure the partial download is deleted.
 """
 
 import os
+import re
 import threading
 
 ENV_TIMEOUT = "VIT_HUB_DOWNLOAD_TIMEOUT"
@@ -20,9 +21,16 @@ class DownloadError(RuntimeError):
 def download(handle, timeout=None):
     """`kagglehub.model_download(handle)` (a pinned, versioned handle: a cached one then
     resolves with no network call), returning the local SavedModel folder."""
+    from vit_hub.manifest import _HANDLE
+
+    if not isinstance(handle, str) or not _HANDLE.fullmatch(handle):
+        raise DownloadError(
+            f"{handle!r} is not a pinned Kaggle model handle (owner/model/framework/"
+            "variation/version, plain names, no '..'); nothing was downloaded."
+        )
+    timeout = timeout or _timeout_from_environment()
     import kagglehub
 
-    timeout = timeout or float(os.environ.get(ENV_TIMEOUT, DEFAULT_TIMEOUT_S))
     outcome = {}
 
     def run():
@@ -45,10 +53,42 @@ def download(handle, timeout=None):
         )
     err = outcome["error"]
     raise DownloadError(
-        f"Downloading {handle} from Kaggle failed: {type(err).__name__}: {err}. Check the "
+        f"Downloading {handle} from Kaggle failed: {_describe(err)}. Check the "
         "network and try again; on a machine without network, convert a local copy "
         "with `convert-weights NAME --source DIR`."
     ) from err
+
+
+def _timeout_from_environment():
+    text = os.environ.get(ENV_TIMEOUT, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{ENV_TIMEOUT}={text!r} is not a number of seconds > 0 (e.g. "
+                         f"{ENV_TIMEOUT}=7200); unset it for the default, "
+                         f"{DEFAULT_TIMEOUT_S:.0f} s.")
+    return value
+
+
+def _describe(err):
+    """One line for a kagglehub / requests failure: requests' connection errors nest
+    the cause three deep ("HTTPConnectionPool(...): Max retries exceeded ... (Caused by
+    ...)"), so those are said plainly, with the innermost reason."""
+    import requests
+
+    if isinstance(err, requests.ConnectionError):
+        errors = re.findall(r"\[Errno -?\d+\] [^\"')]+", str(err))
+        reason = errors[-1].strip() if errors else str(err).splitlines()[0][:200]
+        return (f"Kaggle could not be reached ({type(err).__name__}: {reason}; no network, "
+                "or a proxy or firewall in the way)")
+    if isinstance(err, requests.Timeout):
+        return "Kaggle stopped answering (Timeout)"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text[:300]}"
 
 
 def discard(handle):

@@ -3,13 +3,15 @@
 Layout: `<root>/v<format>/<name>/{<name>.h5, <name>.json}` plus `<root>/v<format>/<name>.lock`.
 The format version is part of the path, so a future format never reads stale files. An
 entry is complete when its metadata JSON exists (written last, atomically) and the sha256
-recorded there matches the weights file.
+recorded there matches the weights file. Writers hold the entry's lock; readers need no
+lock and no write access (a read-only shared cache works).
 """
 
 import json
 import os
 
-from vit_hub.files import sha256
+from vit_hub.files import TEMPORARY_PREFIX, remove_temporaries, sha256
+from vit_hub.manifest import _NAME  # a model name is one path component, never '..'
 from vit_hub.weights import FORMAT_VERSION
 
 ENV_CACHE = "VIT_HUB_CACHE"
@@ -36,11 +38,22 @@ def is_offline(offline=None):
     return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def check_name(name):
+    """Raises ValueError unless `name` can be a cache folder name (lower-case letters,
+    digits, '_'): no path separators, no '..', so no path outside the cache is built."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a model name: names are lower-case letters, digits and '_' "
+            "(no '/', '\\' or '..'), e.g. 'vit_b32_fe'; see vit_hub.list_models()."
+        )
+    return name
+
+
 class CacheEntry:
     """The files of one converted model in the cache."""
 
     def __init__(self, name, cache_dir=None):
-        self.name = name
+        self.name = check_name(name)
         self.root = cache_root(cache_dir)
         self.folder = os.path.join(self.root, f"v{FORMAT_VERSION}", name)
         self.weights_path = os.path.join(self.folder, f"{name}.h5")
@@ -48,7 +61,8 @@ class CacheEntry:
         self.lock_path = self.folder + ".lock"
 
     def lock(self, timeout=-1):
-        """An inter-process lock for writing this entry."""
+        """An inter-process lock for writing this entry (released by the kernel if its
+        holder dies, so a killed writer never blocks the next one)."""
         import filelock
 
         os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
@@ -60,19 +74,64 @@ class CacheEntry:
             with open(self.metadata_path, encoding="utf-8") as f:
                 metadata = json.load(f)
             return metadata if isinstance(metadata, dict) else {}
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # (a file in the way: no entry)
             return None
         except (OSError, ValueError):
             return {}
 
+    def problem(self):
+        """None if the entry is complete and verified; otherwise why it is not, as a
+        sentence."""
+        metadata = self.metadata()
+        if metadata is None:
+            return f"there is no cache entry (no {self.metadata_path})"
+        if not isinstance(metadata.get("sha256"), str):
+            return (f"its metadata {self.metadata_path} is unreadable or has no sha256 "
+                    "(not valid JSON, or edited)")
+        try:
+            actual = sha256(self.weights_path)
+        except FileNotFoundError:
+            return f"its weights file {self.weights_path} is missing"
+        except OSError as err:
+            return f"its weights file {self.weights_path} cannot be read ({err})"
+        if actual != metadata["sha256"]:
+            return (f"the weights {self.weights_path} fail their sha256 check (corrupt "
+                    "or truncated)")
+        return None
+
     def state(self):
         """'missing', 'corrupt' (metadata unreadable, weights gone or checksum wrong) or
         'ok'. Weights without metadata are a conversion that never finished: 'missing'."""
-        metadata = self.metadata()
-        if metadata is None:
-            return "missing"
-        if not os.path.exists(self.weights_path) or metadata.get("sha256") != sha256(
-            self.weights_path
-        ):
-            return "corrupt"
-        return "ok"
+        problem = self.problem()
+        if problem is None:
+            return "ok"
+        return "missing" if self.metadata() is None else "corrupt"
+
+    def invalidate(self):
+        """Makes the entry 'missing' before it is rewritten (writers only, under the
+        lock): with the metadata gone first, a writer killed half-way leaves an entry
+        that reads as missing, never as the old metadata over new weights."""
+        try:
+            os.remove(self.metadata_path)
+        except FileNotFoundError:
+            pass
+
+    def remove(self):
+        """Deletes the weights and metadata (writers only, under the lock)."""
+        self.invalidate()
+        try:
+            os.remove(self.weights_path)
+        except FileNotFoundError:
+            pass
+
+    @property
+    def staging_prefix(self):
+        """Writers stage a new entry in `<root>/v<format>/.tmp-<name>.*` ('.' is never
+        in a name, so one entry's prefix is never another's)."""
+        return f"{TEMPORARY_PREFIX}{self.name}."
+
+    def remove_temporaries(self):
+        """Deletes what writers of this entry killed mid-write left: staging folders
+        and `.tmp-*` files (under the lock). Returns the names removed."""
+        return (remove_temporaries(os.path.dirname(self.folder), self.staging_prefix)
+                + remove_temporaries(self.folder))

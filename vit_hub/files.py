@@ -1,35 +1,94 @@
 """Writing files so that a reader never sees half of one: temporary file, then rename."""
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
+
+TEMPORARY_PREFIX = ".tmp-"
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path`; renames it onto `path` only if the block
-    succeeds, and removes it otherwise (also on KeyboardInterrupt). `os.replace` is
-    atomic on POSIX and Windows when both are on one file system, as here."""
+    succeeds, and removes it otherwise (also on KeyboardInterrupt). Before the rename
+    the temporary file is flushed to disk (fsync), so that after a crash or power cut
+    `path` is the old file or the complete new one, never an empty or short one.
+    `os.replace` is atomic on POSIX and Windows when both are on one file system, as
+    here. A process killed inside the block (SIGKILL) leaves its `.tmp-*` file behind:
+    see `remove_temporaries`."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX,
+                               suffix=os.path.basename(path))
     os.close(fd)
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(folder)  # the rename itself
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _fsync(path):
+    """fsync of a file or folder; errors of the disk (EIO, ENOSPC) are raised, a file
+    system or platform that cannot fsync this (a folder on Windows) is ignored."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EBADF, errno.EROFS, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def sync_folder(folder):
+    """Flushes a folder's entries (renames into it) to disk, where the platform can."""
+    _fsync(folder)
+
+
+def remove_temporaries(folder, prefix=TEMPORARY_PREFIX):
+    """Removes the temporary files and folders (names starting with `prefix`) that
+    writers killed mid-write left in `folder`. Call it only while no other process can
+    be writing them (under the lock). Returns the names removed."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for name in names:
+        try:
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            import shutil
+
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
+def is_disk_full(err):
+    """Whether an OSError (also h5py's, which keeps errno 28 but rewords the text) says
+    the disk or the user's quota is full."""
+    return getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
+        "No space left on device" in str(err) or "Disk quota exceeded" in str(err))
 
 
 def write_text(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def sha256(path, chunk=1 << 20):

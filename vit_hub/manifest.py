@@ -31,14 +31,24 @@ def validate_entry(name, entry):
     """Raises ManifestError naming each bad field, so a broken manifest fails loudly
     before any path is built from it."""
     problems = []
-    if not _NAME.match(name):
-        problems.append("the name must be lower-case letters, digits and '_'")
+    if not isinstance(entry, dict):
+        raise ManifestError(f"Manifest entry {name!r} is invalid: it must be a JSON object "
+                            f"of fields, got {entry!r}.")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        problems.append("the name must be lower-case letters, digits and '_' (no path "
+                        "separators or '..')")
     for field, kind in _FIELDS.items():
         if not isinstance(entry.get(field), kind):
             problems.append(f"'{field}' must be a {kind.__name__}, got {entry.get(field)!r}")
-    if isinstance(entry.get("handle"), str) and not _HANDLE.match(entry["handle"]):
+    if isinstance(entry.get("handle"), str) and not _HANDLE.fullmatch(entry["handle"]):
         problems.append(f"'handle' {entry['handle']!r} is not owner/model/framework/variation/"
                         "version with a pinned numeric version")
+    for field in ("image_size", "num_tensors", "num_params"):
+        value = entry.get(field)
+        if isinstance(value, bool) or (isinstance(value, int) and value < 0) or (
+                field == "image_size" and value == 0):
+            sign = "positive" if field == "image_size" else "non-negative"
+            problems.append(f"'{field}' must be a {sign} int, got {value!r}")
     if entry.get("kind") not in ("fe", "classification"):
         problems.append(f"'kind' must be 'fe' or 'classification', got {entry.get('kind')!r}")
     if problems:
@@ -51,12 +61,20 @@ def list_models():
 
 
 def get_entry(name):
+    """The manifest entry of `name`, validated (ManifestError naming each bad field)."""
     models = load_manifest()
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a model name: names are lower-case letters, digits and '_' "
+            f"(no '/', '\\' or '..'). {suggest(str(name), models)}"
+            f"Available: {', '.join(models)}."
+        )
     if name not in models:
         raise ValueError(
             f"Unknown pretrained model {name!r}. {suggest(name, models)}"
             f"Available: {', '.join(models)}."
         )
+    validate_entry(name, models[name])  # also entries added at run time
     return models[name]
 
 
