@@ -115,35 +115,35 @@ def test_resample_position_embeddings():
 @pytest.mark.parametrize("size", [48, (32, 48)])
 def test_load_at_another_resolution(tiny_weights, size):
     with pytest.warns(UserWarning, match="fine-tune at the new size"):
-        model = vit_hub.load_pretrained("vit_b32_fe", weights=tiny_weights["fe"], image_size=size)
+        model = vit_hub.load_weights(tiny_weights["fe"], image_size=size)
     h, w = (size, size) if isinstance(size, int) else size
     assert model.output_shape == (None, TINY["hidden_dim"])
     assert model(np.zeros((2, h, w, 3), np.float32)).shape == (2, TINY["hidden_dim"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning at the trained size
-        vit_hub.load_pretrained("vit_b32_fe", weights=tiny_weights["fe"])
+        vit_hub.load_weights(tiny_weights["fe"])
 
 
 def test_new_head_for_fine_tuning(tiny_weights, images):
-    base = vit_hub.load_pretrained("vit_b32_classification", weights=tiny_weights["classification"])
+    base = vit_hub.load_weights(tiny_weights["classification"])
     assert base.output_shape == (None, 1000)
     np.testing.assert_allclose(base(images), tiny_weights["classification_model"](images), atol=1e-6)
-    ten = vit_hub.load_pretrained("vit_b32_classification", weights=tiny_weights["classification"],
+    ten = vit_hub.load_weights(tiny_weights["classification"],
                                   num_classes=10)
     assert ten.output_shape == (None, 10)
     np.testing.assert_array_equal(ten.head.kernel.numpy(), 0)  # fresh head ...
     np.testing.assert_allclose(ten.extract_features(images), base.extract_features(images), atol=1e-6)
-    on_fe = vit_hub.load_pretrained("vit_b32_fe", weights=tiny_weights["fe"], include_top=True,
+    on_fe = vit_hub.load_weights(tiny_weights["fe"], include_top=True,
                                     num_classes=3)
     assert on_fe.output_shape == (None, 3)
-    tokens = vit_hub.load_pretrained("vit_b32_classification", weights=tiny_weights["classification"],
+    tokens = vit_hub.load_weights(tiny_weights["classification"],
                                      include_top=False)
     assert tokens.output_shape == (None, (TINY_IMAGE // TINY["patch_size"]) ** 2 + 1, TINY["hidden_dim"])
 
 
 def test_pretrained_backbone_inside_a_keras3_model(tiny_weights, images):
     """The tutorial flow that needs hub.KerasLayer + tf_keras today, natively."""
-    backbone = vit_hub.load_pretrained("vit_b32_fe", weights=tiny_weights["fe"])
+    backbone = vit_hub.load_weights(tiny_weights["fe"])
     backbone.trainable = False
     inputs = keras.Input((TINY_IMAGE, TINY_IMAGE, 3))
     outputs = keras.layers.Dense(2)(backbone(inputs, training=False))
@@ -204,8 +204,8 @@ def test_attention_rollout_and_overlay(tmp_path, images):
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_agrees_with_float32(tiny_weights, images, policy):
-    fp32 = vit_hub.load_pretrained("vit_b32_fe", weights=tiny_weights["fe"])
-    low = vit_hub.load_pretrained("vit_b32_fe", weights=tiny_weights["fe"], dtype=policy)
+    fp32 = vit_hub.load_weights(tiny_weights["fe"])
+    low = vit_hub.load_weights(tiny_weights["fe"], dtype=policy)
     assert low.dtype_policy.name == policy
     assert vit_hub.VisionTransformer.from_config(low.get_config()).dtype_policy.name == policy
     assert low.blocks[0].attention.compute_dtype == policy.split("_")[1]

@@ -210,3 +210,13 @@ def test_assign_rejects_a_mismatched_checkpoint():
     assert "encoder_norm/scale: checkpoint has shape (16,), the model expects (32,)" in text
     for old, new in zip(before, model.get_weights()):  # nothing was assigned
         np.testing.assert_array_equal(old, new)
+
+
+def test_weights_to_be_loaded_skips_random_initialisation_only_inside():
+    from vit_hub.layers import weights_to_be_loaded
+
+    with weights_to_be_loaded():
+        blank = tiny_model(include_top=False)
+    assert all(not np.any(w) for w in blank.get_weights() if w.ndim > 1)
+    fresh = tiny_model(include_top=False)
+    assert np.any(fresh.blocks[0].mlp.dense_1.kernel.numpy())

@@ -19,7 +19,7 @@ from vit_hub.attention import (
 from vit_hub.manifest import list_models
 from vit_hub.model import FACTORIES, VisionTransformer, create_vit
 from vit_hub.preprocessing import decode_predictions, preprocess
-from vit_hub.pretrained import load_pretrained
+from vit_hub.pretrained import load_pretrained, load_weights
 from vit_hub.variants import list_variants, variant_config
 
 # create_vit_ti16(...), create_vit_s16(...), ..., create_vit_h16(...)
@@ -27,6 +27,7 @@ globals().update(FACTORIES)
 
 __all__ = [
     "load_pretrained",
+    "load_weights",
     "list_models",
     "preprocess",
     "decode_predictions",

@@ -5,11 +5,34 @@ Every layer is registered for `.keras` loading and its `get_config()` holds exac
 (`mixed_bfloat16`, `mixed_float16`) applies throughout.
 """
 
+import contextlib
+import threading
+
 import keras
 from keras import ops
 
 _PACKAGE = "vit_hub"
-_INIT = keras.initializers.TruncatedNormal(stddev=0.02)
+_SKIP_INIT = threading.local()
+
+
+@contextlib.contextmanager
+def weights_to_be_loaded():
+    """Layers created inside get zero-filled weights instead of random ones: for a model
+    whose every weight is assigned right after, as `load_pretrained` does. Drawing ~88M
+    random numbers is most of the time it takes to build a ViT-B."""
+    _SKIP_INIT.active = True
+    try:
+        yield
+    finally:
+        _SKIP_INIT.active = False
+
+
+def _init(default="truncated_normal"):
+    if getattr(_SKIP_INIT, "active", False):
+        return "zeros"
+    if default == "truncated_normal":
+        return keras.initializers.TruncatedNormal(stddev=0.02)
+    return default
 
 
 def _config(layer, **kwargs):
@@ -34,7 +57,7 @@ class PatchEmbedding(keras.layers.Layer):
             kernel_size=patch_size,
             strides=patch_size,
             padding="valid",
-            kernel_initializer=_INIT,
+            kernel_initializer=_init(),
             dtype=self.dtype_policy,
             name="projection",
         )
@@ -84,7 +107,7 @@ class PositionEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         self.embeddings = self.add_weight(
-            name="embeddings", shape=(1, *input_shape[1:]), initializer=_INIT
+            name="embeddings", shape=(1, *input_shape[1:]), initializer=_init()
         )
 
     def call(self, tokens):
@@ -100,7 +123,7 @@ class MLP(keras.layers.Layer):
         self.hidden_dim = hidden_dim
         self.mlp_dim = mlp_dim
         self.dropout = dropout
-        dense = dict(kernel_initializer="glorot_uniform", dtype=self.dtype_policy)
+        dense = dict(kernel_initializer=_init("glorot_uniform"), dtype=self.dtype_policy)
         self.dense_1 = keras.layers.Dense(mlp_dim, name="dense_1", **dense)
         self.dense_2 = keras.layers.Dense(hidden_dim, name="dense_2", **dense)
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
@@ -158,7 +181,7 @@ class TransformerBlock(keras.layers.Layer):
             num_heads,
             key_dim=hidden_dim // num_heads,
             dropout=attention_dropout,
-            kernel_initializer="glorot_uniform",
+            kernel_initializer=_init("glorot_uniform"),
             dtype=policy,
             name="attention",
         )

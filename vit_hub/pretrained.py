@@ -11,6 +11,7 @@ import warnings
 from vit_hub.cache import CacheEntry, CacheError, is_offline
 from vit_hub.files import sha256
 from vit_hub.manifest import architecture_for, get_entry
+from vit_hub.layers import weights_to_be_loaded
 from vit_hub.model import VisionTransformer
 from vit_hub.weights import (
     WeightsError,
@@ -45,16 +46,31 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
                 class token. `include_top=False` on a classification model drops it.
     """
     entry = get_entry(name)
-    architecture_for(entry)  # a model without converter fails here, before any download
-    path = weights or cached_weights(name, entry, cache_dir, offline)
+    published = architecture_for(entry)  # no converter: fails here, before any download
+    if weights is not None:
+        path = os.fspath(weights)
+        _check_sidecar_checksum(path)  # before a byte of it is parsed
+    else:
+        path = cached_weights(name, entry, cache_dir, offline)  # sha256 checked
     tensors, architecture = read_weights_file(path)
-    _check_sidecar_checksum(path)
-    model = _build(name, entry, architecture, model_kwargs)
-    tensors, names = _fit(tensors, architecture, model)
-    assign(model, tensors, source=f"weights file {path}", names=names)
+    _check_architecture(name, entry, published, architecture, path)
+    model = _assemble(tensors, architecture, path, {"name": name, **model_kwargs})
     if verify:
         _verify(model, entry)
     return model
+
+
+def load_weights(path, **model_kwargs):
+    """A model from any vit_hub weights file, built with the architecture recorded in it:
+    a file written by `convert-weights --output`, or by
+    `vit_hub.weights.save_weights_file` for a custom config. As with `load_pretrained`, a
+    model without head returns the class token, and `model_kwargs` may resize it or give
+    it a new head. The file is checked against the sha256 of its `.json`, if it has one.
+    """
+    path = os.fspath(path)
+    _check_sidecar_checksum(path)
+    tensors, architecture = read_weights_file(path)
+    return _assemble(tensors, architecture, path, model_kwargs)
 
 
 def cached_weights(name, entry, cache_dir=None, offline=None):
@@ -65,8 +81,8 @@ def cached_weights(name, entry, cache_dir=None, offline=None):
         return cache.weights_path
     offline = is_offline(offline)
     if state == "corrupt":
-        message = (f"The cached weights of {name} in {cache.folder} fail their sha256 check "
-                   "(corrupt or truncated); they are not loaded.")
+        message = (f"The cache entry of {name} in {cache.folder} is not valid: "
+                   f"{cache.problem()}; it is not loaded.")
         if offline:
             raise CacheError(message + f" Offline, they cannot be converted again: run "
                              f"`convert-weights {name} --force` with network, or with "
@@ -91,22 +107,66 @@ def _check_sidecar_checksum(path):
     """A weights file given by path is checked against its metadata, if it has one."""
     import json
 
-    metadata_path = os.path.splitext(os.fspath(path))[0] + ".json"
-    if os.path.exists(metadata_path):
+    if not os.path.isfile(path):
+        raise WeightsError(f"No weights file at {path}"
+                           + (" (it is a folder)" if os.path.isdir(path) else "")
+                           + ": pass the .h5 file that convert-weights wrote (--output FILE, "
+                           "or the cache's v1/NAME/NAME.h5).")
+    metadata_path = os.path.splitext(path)[0] + ".json"
+    if not os.path.exists(metadata_path):
+        return
+    try:
         with open(metadata_path, encoding="utf-8") as f:
-            expected = json.load(f).get("sha256")
-        if expected and expected != sha256(path):
-            raise WeightsError(f"{path} does not match the sha256 in {metadata_path}: it is "
-                               "corrupt or was changed. Convert it again.")
+            metadata = json.load(f)
+        expected = metadata.get("sha256") if isinstance(metadata, dict) else None
+        if not isinstance(expected, str):
+            raise ValueError("no sha256 field")
+    except (OSError, ValueError) as err:
+        raise WeightsError(
+            f"The metadata {metadata_path} beside {path} is unreadable ({err}), so the "
+            "weights cannot be verified; they are not loaded. Convert them again, or "
+            "remove the .json to load the file unchecked."
+        ) from None
+    if expected != sha256(path):
+        raise WeightsError(f"{path} does not match the sha256 in {metadata_path}: it is "
+                           "corrupt or was changed. Convert it again.")
 
 
-def _build(name, entry, architecture, model_kwargs):
+_SHAPE_KEYS = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
+
+
+def _check_architecture(name, entry, published, architecture, path):
+    """The weights file must hold `name`'s network (a file of another model would
+    otherwise build that other model under this name)."""
+    def sketch(arch):
+        return ", ".join(f"{k} {arch.get(k)}" for k in _SHAPE_KEYS)
+
+    if not isinstance(architecture, dict):
+        raise WeightsError(f"{path} has no readable architecture record: it is not a "
+                           f"vit_hub weights file of this version. Convert it again.")
+    found = {k: architecture.get(k) for k in _SHAPE_KEYS}
+    wanted = {k: published[k] for k in _SHAPE_KEYS}
+    head = bool(architecture.get("include_top"))
+    if found != wanted or head != (entry["kind"] == "classification"):
+        raise WeightsError(
+            f"{path} holds another network than {name}: {sketch(found)}, "
+            f"{'with' if head else 'without'} head; {name} is {sketch(wanted)}, "
+            f"{'with' if entry['kind'] == 'classification' else 'without'} head. Pass the "
+            f"weights converted for {name} (convert-weights {name})."
+        )
+
+
+def _assemble(tensors, architecture, path, model_kwargs):
+    """The model of `architecture` (changed by `model_kwargs`) filled from `tensors`."""
     config = dict(architecture)
-    if entry["kind"] == "fe":
-        config["pooling"] = "token"  # the fe models return the class token
-    config.setdefault("name", name)
+    if not config["include_top"]:
+        config["pooling"] = "token"  # as the fe hub models: the class token
     config.update(model_kwargs)
-    return VisionTransformer(**config)
+    with weights_to_be_loaded():  # every weight is assigned below, or a fresh head's zeros
+        model = VisionTransformer(**config)
+    tensors, names = _fit(tensors, architecture, model)
+    assign(model, tensors, source=f"weights file {path}", names=names)
+    return model
 
 
 def _fit(tensors, architecture, model):

@@ -1,0 +1,406 @@
+"""vit_hub against hub.KerasLayer, and against the machine's limit.
+
+    python benchmarks/run.py --models vit_b32_fe --json out/bench.json
+    python benchmarks/run.py compare --json out/compare.json     # every variant
+    python benchmarks/run.py --smoke                             # tiny, seconds (CI)
+
+Checkpoints are full-size models in the published format with random weights, built
+by the test-side exporter (tests/hub_export.py) into out/bench/, and reused. Figures:
+- first prediction from a warm cache, in fresh processes, alternating: `load_pretrained`
+  + first call versus `hub.KerasLayer(saved_model_dir)` + first call (imports excluded);
+- steady throughput (images/s, median of repeats after warm-up, contenders interleaved)
+  at each batch size: hub layer, native eager, native graph, native XLA, native bf16 XLA;
+- conversion (`convert_into_cache` from the SavedModel, fresh process): time and peak
+  RSS, next to the raw I/O floor (read the source bytes, write as many bytes);
+- the machine's matmul GFLOP/s and the model's FLOPs, giving % of roofline.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+WORK = os.path.join(REPO, "out", "bench")
+TARGETS = {"throughput_vs_hub": 1.2, "first_prediction_vs_hub": 0.3, "bf16_vs_fp32": 1.5,
+           "conversion_vs_io_floor": 3.0, "conversion_rss_vs_weights": 2.0}
+
+
+# === What a model costs ===
+
+
+def flops_per_image(cfg, include_top):
+    """Multiply-adds x 2 of one forward pass (matmuls and attention; norms ignored)."""
+    d, mlp = cfg["hidden_dim"], cfg["mlp_dim"]
+    height, width = cfg["image_size"]
+    patches = (height // cfg["patch_size"]) * (width // cfg["patch_size"])
+    tokens = patches + 1
+    embed = 2 * patches * cfg["patch_size"] ** 2 * 3 * d
+    block = 2 * tokens * d * (4 * d + 2 * mlp) + 4 * tokens * tokens * d
+    head = 2 * d * cfg.get("num_classes", 1000) if include_top else 0
+    return embed + cfg["num_layers"] * block + head
+
+
+def matmul_gflops(dtype="float32", n=2048, repeats=10):
+    """Best sustained GFLOP/s of an n x n matmul on this machine (XLA-compiled)."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    step = tf.function(lambda x: tf.matmul(x, x), jit_compile=True)
+    step(a).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step(a).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+# === Checkpoints ===
+
+
+def checkpoint(name, smoke=False):
+    """(SavedModel dir, cache dir, entry, architecture) for `name`, built once."""
+    from tests import hub_export
+    from vit_hub.manifest import architecture_for, get_entry
+
+    entry = get_entry(name)
+    arch = architecture_for(entry)
+    if smoke:  # a tiny stand-in under the same name
+        arch.update(image_size=32, patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,
+                    mlp_dim=64)
+    config = hub_export.HubConfig(arch["patch_size"], arch["hidden_dim"], arch["num_layers"],
+                                  arch["num_heads"], arch["mlp_dim"], 1000, arch["image_size"])
+    tag = f"{name}-smoke" if smoke else name
+    folder = os.path.join(WORK, "hub", tag)
+    if not os.path.exists(os.path.join(folder, "saved_model.pb")):
+        params = hub_export.init_params(config, entry["kind"], seed=0)
+        hub_export.export_saved_model(params, config, entry["kind"], folder + ".tmp")
+        os.replace(folder + ".tmp", folder)
+    arch["image_size"] = (arch["image_size"], arch["image_size"])
+    return folder, os.path.join(WORK, "cache", tag), entry, arch
+
+
+# === Fresh-process measurements ===
+
+CHILD = r"""
+import json, os, resource, sys, time
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+sys.path.insert(0, {repo!r})
+task, name, source, cache, size, smoke = {args!r}
+import numpy as np
+if smoke:
+    from benchmarks.run import register_smoke
+    register_smoke(name)
+result = {{}}
+if task == "native":
+    import vit_hub
+    x = np.zeros((1, size, size, 3), np.float32)
+    start = time.perf_counter()
+    model = vit_hub.load_pretrained(name, cache_dir=cache, offline=True)
+    result["load_s"] = time.perf_counter() - start
+    np.asarray(model(x))
+    result["seconds"] = time.perf_counter() - start
+elif task == "hub":
+    import tensorflow_hub as hub
+    x = np.zeros((1, size, size, 3), np.float32)
+    start = time.perf_counter()
+    layer = hub.KerasLayer(source)
+    result["load_s"] = time.perf_counter() - start
+    np.asarray(layer(x))
+    result["seconds"] = time.perf_counter() - start
+elif task == "convert":
+    from converters.pipeline import convert_into_cache
+    start = time.perf_counter()
+    convert_into_cache(name, cache_dir=cache, source=source, verify=False, force=True)
+    result["seconds"] = time.perf_counter() - start
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print("RESULT " + json.dumps(result))
+"""
+
+
+def child(task, name, source, cache, size, smoke):
+    code = CHILD.format(repo=REPO, args=(task, name, source, cache, size, smoke))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "VIT_HUB_OFFLINE": "1"})
+    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"benchmark child {task} failed:\n{out.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def register_smoke(name):
+    """In smoke mode the manifest's full-size architecture is replaced by a tiny one."""
+    from vit_hub import manifest, variants
+
+    entry = dict(manifest.get_entry(name))
+    variants._WIDTHS["smoke"] = (32, 2, 4, 64)
+    variants._VARIANTS["vit_smoke"] = ("smoke", 8)
+    entry.update(variant="vit_smoke", image_size=32)
+    models = {**manifest.load_manifest(), name: entry}
+    manifest.load_manifest = lambda: models
+
+
+def io_floor(source):
+    """Seconds to read the checkpoint's bytes and write as many: the least any
+    conversion can take on this disk."""
+    data_files = [os.path.join(source, "variables", f)
+                  for f in os.listdir(os.path.join(source, "variables"))]
+    start = time.perf_counter()
+    total = 0
+    with tempfile.NamedTemporaryFile(dir=WORK) as out:
+        for path in data_files:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 24):
+                    out.write(block)
+                    total += len(block)
+        out.flush()
+    return time.perf_counter() - start, total
+
+
+def first_prediction(name, source, cache, size, repeats, smoke):
+    native, hub = [], []
+    for _ in range(repeats):  # alternate, so that drifts hit both alike
+        native.append(child("native", name, source, cache, size, smoke))
+        hub.append(child("hub", name, source, cache, size, smoke))
+    med = lambda rows, key: statistics.median(r[key] for r in rows)
+    return {"native_s": med(native, "seconds"), "native_load_s": med(native, "load_s"),
+            "hub_s": med(hub, "seconds"), "hub_load_s": med(hub, "load_s"),
+            "ratio": med(native, "seconds") / med(hub, "seconds")}
+
+
+def conversion(name, source, cache, repeats, smoke):
+    runs = [child("convert", name, source, cache, 0, smoke) for _ in range(repeats)]
+    floors = [io_floor(source) for _ in range(repeats)]
+    weights = os.path.getsize(os.path.join(cache, "v1", name, f"{name}.h5"))
+    seconds = statistics.median(r["seconds"] for r in runs)
+    floor = statistics.median(f[0] for f in floors)
+    rss = max(r["peak_rss_bytes"] for r in runs)
+    return {"seconds": seconds, "io_floor_s": floor, "source_bytes": floors[0][1],
+            "weights_bytes": weights, "peak_rss_bytes": rss,
+            "ratio_to_floor": seconds / floor, "rss_to_weights": rss / weights}
+
+
+# === In-process throughput ===
+
+
+def contenders(name, source, cache):
+    """name -> a function images -> outputs, each warmed up by the caller."""
+    import tensorflow as tf
+    import tensorflow_hub as hub
+
+    import vit_hub
+
+    load = lambda **kw: vit_hub.load_pretrained(name, cache_dir=cache, offline=True, **kw)
+    native = load()
+    bf16 = load(dtype="mixed_bfloat16")
+    hub_layer = hub.KerasLayer(source)
+    return {
+        "hub_layer": hub_layer,
+        "native_eager": native,
+        "native_graph": tf.function(native),
+        "native_xla": tf.function(native, jit_compile=True),
+        "native_bf16_xla": tf.function(bf16, jit_compile=True),
+    }
+
+
+def throughput(functions, size, batch, repeats, min_seconds=1.0):
+    """images/s of each function: median over `repeats` rounds, contenders interleaved;
+    each round runs a function until `min_seconds` have passed."""
+    import numpy as np
+
+    x = np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
+    for f in functions.values():  # warm-up: compile, allocate
+        np.asarray(f(x))
+        np.asarray(f(x))
+    rates = {key: [] for key in functions}
+    for _ in range(repeats):
+        for key, f in functions.items():
+            count, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < min_seconds or count < 2:
+                np.asarray(f(x))
+                count += 1
+            rates[key].append(count * batch / elapsed)
+    return {key: statistics.median(values) for key, values in rates.items()}
+
+
+# === Reports ===
+
+
+def machine():
+    import tensorflow as tf
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "matmul_gflops_fp32": matmul_gflops("float32"),
+            "matmul_gflops_bf16": matmul_gflops("bfloat16")}
+
+
+def bench_model(name, args, host):
+    source, cache, entry, arch = checkpoint(name, args.smoke)
+    size = arch["image_size"][0]
+    repeats = 1 if args.smoke else args.repeats
+    result = {"model": name, "checkpoint": "test-built, published format, random weights",
+              "conversion": conversion(name, source, cache, repeats, args.smoke),
+              "first_prediction": first_prediction(name, source, cache, size, repeats, args.smoke)}
+    functions = contenders(name, source, cache)
+    flops = flops_per_image(arch, entry["kind"] == "classification")
+    result["flops_per_image"] = flops
+    result["throughput"] = {}
+    for batch in args.batch:
+        rates = throughput(functions, size, batch, repeats, 0.2 if args.smoke else 1.0)
+        best_fp32 = max(v for k, v in rates.items() if "bf16" not in k)
+        result["throughput"][str(batch)] = {
+            "images_per_s": rates,
+            "vs_hub": {k: v / rates["hub_layer"] for k, v in rates.items()},
+            "bf16_vs_native_fp32": rates["native_bf16_xla"] / best_fp32,
+            "roofline_pct_fp32": 100 * best_fp32 * flops / 1e9 / host["matmul_gflops_fp32"],
+            "roofline_pct_bf16": 100 * rates["native_bf16_xla"] * flops / 1e9
+            / host["matmul_gflops_bf16"],
+        }
+    result["targets"] = verdicts(result)
+    return result
+
+
+def verdicts(result):
+    """Each target of the issue, met or missed and by how much."""
+    batches = result["throughput"].values()
+    best_vs_hub = min(max(v for k, v in b["vs_hub"].items() if "bf16" not in k and k != "hub_layer")
+                      for b in batches)
+    measured = {
+        "throughput_vs_hub": best_vs_hub,
+        "first_prediction_vs_hub": result["first_prediction"]["ratio"],
+        "bf16_vs_fp32": min(b["bf16_vs_native_fp32"] for b in batches),
+        "conversion_vs_io_floor": result["conversion"]["ratio_to_floor"],
+        "conversion_rss_vs_weights": result["conversion"]["rss_to_weights"],
+    }
+    lower_is_better = {"first_prediction_vs_hub", "conversion_vs_io_floor", "conversion_rss_vs_weights"}
+    return {key: {"measured": round(value, 3), "target": TARGETS[key],
+                  "met": value <= TARGETS[key] if key in lower_is_better else value >= TARGETS[key]}
+            for key, value in measured.items()}
+
+
+def print_model(result):
+    print(f"\n{result['model']} ({result['checkpoint']})")
+    c, f = result["conversion"], result["first_prediction"]
+    print(f"  conversion {c['seconds']:.1f} s (I/O floor {c['io_floor_s']:.2f} s, "
+          f"x{c['ratio_to_floor']:.1f}); peak RSS {c['peak_rss_bytes'] / 2**20:.0f} MiB = "
+          f"x{c['rss_to_weights']:.2f} the weights")
+    print(f"  first prediction: native {f['native_s']:.2f} s, hub layer {f['hub_s']:.2f} s "
+          f"(x{f['ratio']:.2f})")
+    for batch, t in result["throughput"].items():
+        row = ", ".join(f"{k} {v:.1f}" for k, v in t["images_per_s"].items())
+        print(f"  batch {batch} images/s: {row}; roofline fp32 {t['roofline_pct_fp32']:.0f}%, "
+              f"bf16 {t['roofline_pct_bf16']:.0f}%")
+    for key, v in result["targets"].items():
+        print(f"  target {key}: {v['measured']} (target {v['target']}) "
+              f"{'met' if v['met'] else 'MISSED'}")
+
+
+def chart(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(r["model"], batch, t["images_per_s"]) for r in results
+            for batch, t in r["throughput"].items()]
+    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4), squeeze=False)
+    for ax, (model, batch, rates) in zip(axes[0], rows):
+        ax.barh(list(rates), list(rates.values()), color=["grey"] + ["tab:blue"] * (len(rates) - 1))
+        ax.set_title(f"{model}, batch {batch}")
+        ax.set_xlabel("images / s (higher is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# === compare: every variant ===
+
+COMPARE_CHILD = r"""
+import json, os, resource, sys, time
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+sys.path.insert(0, {repo!r})
+import numpy as np, tensorflow as tf, vit_hub
+variant, size, repeats = {args!r}
+model = vit_hub.create_vit(variant, image_size=size, include_top=False, pooling="token")
+run = tf.function(model, jit_compile=True)
+x = np.zeros((1, size, size, 3), np.float32)
+np.asarray(run(x))
+times = []
+for _ in range(repeats):
+    start = time.perf_counter(); np.asarray(run(x)); times.append(time.perf_counter() - start)
+print("RESULT " + json.dumps({{"params": model.count_params(), "tokens": model.num_patches + 1,
+      "output_shape": list(model.output_shape), "seconds_per_image": sorted(times)[len(times) // 2],
+      "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+"""
+
+
+def compare(args):
+    import vit_hub
+    from vit_hub.variants import variant_config
+
+    rows = []
+    for variant in args.variants or vit_hub.list_variants():
+        size = 32 if args.smoke else 224
+        code = COMPARE_CHILD.format(repo=REPO, args=(variant, size, 1 if args.smoke else 3))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
+        row = {"variant": variant, **json.loads(line[7:])}
+        cfg = {**variant_config(variant), "image_size": (size, size)}
+        row["gflops_per_image"] = flops_per_image(cfg, include_top=False) / 1e9
+        row["images_per_s"] = 1 / row["seconds_per_image"]
+        rows.append(row)
+        print(f"{variant:9} params {row['params']:>12,}  tokens {row['tokens']:>4}  "
+              f"GFLOPs {row['gflops_per_image']:7.1f}  {row['images_per_s']:6.2f} img/s (batch 1, XLA)  "
+              f"peak RSS {row['peak_rss_bytes'] / 2**30:5.2f} GiB  output {tuple(row['output_shape'])}")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="vit_hub benchmarks")
+    parser.add_argument("mode", nargs="?", choices=["models", "compare"], default="models")
+    parser.add_argument("--models", default="vit_b32_fe", help="comma-separated names")
+    parser.add_argument("--variants", default=None, help="compare: comma-separated variants")
+    parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=os.path.join(REPO, "out", "bench.json"))
+    parser.add_argument("--png", default=None, help="chart (default: beside the JSON)")
+    parser.add_argument("--smoke", action="store_true", help="tiny models, one repeat (CI)")
+    args = parser.parse_args(argv)
+    args.batch = [int(b) for b in args.batch.split(",")]
+    args.variants = args.variants.split(",") if args.variants else None
+    os.makedirs(WORK, exist_ok=True)
+    started = time.perf_counter()
+    if args.mode == "compare":
+        report = {"compare": compare(args)}
+    else:
+        host = machine()
+        print(f"{host['cpu']}, {host['cores']} cores: matmul {host['matmul_gflops_fp32']:.0f} "
+              f"GFLOP/s fp32, {host['matmul_gflops_bf16']:.0f} GFLOP/s bf16")
+        if args.smoke:
+            register_smoke(args.models.split(",")[0])
+        results = [bench_model(name, args, host) for name in args.models.split(",")]
+        for result in results:
+            print_model(result)
+        report = {"machine": host, "models": results}
+        chart(results, args.png or os.path.splitext(args.json)[0] + ".png")
+    report["wall_s"] = time.perf_counter() - started
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwrote {args.json} ({report['wall_s']:.0f} s)")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Smoke tests of the tutorial examples: each `main` runs end to end with tiny settings.
+
+The fine-tune example gets a tiny converted weights file built here (random weights),
+so it depends neither on the network nor on the demo's cache.
+"""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn", reason="the examples use scikit-learn's digits")
+pytest.importorskip("matplotlib", reason="the examples plot with matplotlib")
+
+from tests.conftest import TINY, TINY_IMAGE
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def load_example(name):
+    """examples/<name>.py as a module (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}",
+                                                  os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_png(path):
+    assert os.path.isfile(path)
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+    assert os.path.getsize(path) > 10_000  # two axes with curves, not an empty figure
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    """A converted weights file of a tiny fe-style ViT (random weights)."""
+    import vit_hub
+    from vit_hub.weights import save_weights_file
+
+    model = vit_hub.VisionTransformer(include_top=False, pooling="token",
+                                      image_size=TINY_IMAGE, **TINY)
+    return save_weights_file(model, tmp_path / "tiny_fe.h5")
+
+
+def test_fine_tune_runs_and_saves_a_model_that_reloads(tmp_path, tiny_weights):
+    output = tmp_path / "fine_tune.png"
+    # 64 px resamples the tiny model's 4x4 position grid to 8x8, as 96 px does for B/32.
+    with pytest.warns(UserWarning, match="resampled"):
+        result = load_example("fine_tune").main([
+            "--samples", "64", "--epochs", "1", "--fine-tune-epochs", "1",
+            "--image-size", "64", "--weights", os.fspath(tiny_weights),
+            "--output", os.fspath(output),
+        ])
+    assert_png(output)
+    history = result["history"]
+    assert len(history["loss"]) == len(history["val_accuracy"]) == 2  # both phases
+    assert all(np.isfinite(history["loss"]))
+    assert os.path.isfile(tmp_path / "fine_tuned.keras")
+    assert result["reload_max_abs_diff"] < 1e-5
+
+
+def test_train_from_scratch_runs_and_the_loss_decreases(tmp_path):
+    output = tmp_path / "scratch.png"
+    result = load_example("train_from_scratch").main([
+        "--samples", "128", "--epochs", "3", "--image-size", "8",
+        "--output", os.fspath(output),
+    ])
+    assert_png(output)
+    loss = result["history"]["loss"]
+    assert len(loss) == 3
+    assert loss[-1] < loss[0]
