@@ -23,6 +23,7 @@ out/demo-cache, where `examples/demo.py` puts a TEST-BUILT stand-in with RANDOM 
 import argparse
 import importlib.util
 import os
+import sys
 import time
 from functools import partial
 
@@ -30,6 +31,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
+
+# examples/ is not a package: find the shared dataset helper beside this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from shared import load_digits, plot, split  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "vit_b32_fe"
@@ -53,26 +58,6 @@ def parse_args(argv=None):
                         help="PNG of the curves; the model goes next to it")
     parser.add_argument("--weights", help="a converted weights file to use as backbone")
     return parser.parse_args(argv)
-
-
-def load_digits(samples, image_size, seed):
-    """(images in [-1, 1] at image_size, labels), a seeded random subset."""
-    import vit_hub
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    digits = sklearn_digits()
-    # The digits' pixels are 0..16; as 8-bit RGB they look like any photo to preprocess.
-    gray = np.round(digits.images * (255 / 16)).astype(np.uint8)
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    order = np.random.default_rng(seed).permutation(len(rgb))[:samples]
-    images = np.asarray(vit_hub.preprocess(rgb[order], image_size=image_size))
-    return images, digits.target[order]
-
-
-def split(images, labels, validation_fraction=0.2):
-    """Train/validation split; the data is already shuffled (seeded)."""
-    n_val = max(1, int(round(len(images) * validation_fraction)))
-    return (images[n_val:], labels[n_val:]), (images[:n_val], labels[:n_val])
 
 
 def backbone_source(weights=None):
@@ -137,31 +122,6 @@ def merge(*histories):
     return {key: sum((h[key] for h in histories), []) for key in histories[0]}
 
 
-def plot(history, phase_boundary, path, title):
-    """Loss and accuracy (train and validation) per epoch, phases separated by a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ["loss", "accuracy"]):
-        ax.plot(epochs, history[metric], "o-", label="train")
-        ax.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
-        if phase_boundary:
-            ax.axvline(phase_boundary + 0.5, color="gray", linestyle="--",
-                       label="unfrozen")
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def check_reload(model, path, images):
     """Saves `model` as .keras and returns the max abs difference of the reloaded
     model's predictions on `images` (the vit_hub layers are registered: no custom
@@ -206,8 +166,8 @@ def main(argv=None):
 
     history = merge(frozen, tuned)
     label = "RANDOM-weight stand-in" if stand_in else NAME
-    plot(history, args.epochs, args.output,
-         f"ViT-B/32 on digits at {args.image_size}px (backbone: {label})")
+    plot(history, args.output,
+         f"ViT-B/32 on digits at {args.image_size}px (backbone: {label})", args.epochs)
     model_path = os.path.join(os.path.dirname(os.path.abspath(args.output)),
                               "fine_tuned.keras")
     reload_diff = check_reload(model, model_path, val_data[0][:4])

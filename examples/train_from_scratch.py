@@ -10,12 +10,17 @@ patch grid), trained with AdamW, and the loss/accuracy curves saved as a PNG.
 
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
+
+# examples/ is not a package: find the shared dataset helper beside this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from shared import load_digits, plot, split  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 10
@@ -38,26 +43,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_digits(samples, image_size, seed):
-    """(images in [-1, 1] at image_size, labels), a seeded random subset."""
-    import vit_hub
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    digits = sklearn_digits()
-    # The digits' pixels are 0..16; as 8-bit RGB they look like any photo to preprocess.
-    gray = np.round(digits.images * (255 / 16)).astype(np.uint8)
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    order = np.random.default_rng(seed).permutation(len(rgb))[:samples]
-    images = np.asarray(vit_hub.preprocess(rgb[order], image_size=image_size))
-    return images, digits.target[order]
-
-
-def split(images, labels, validation_fraction=0.2):
-    """Train/validation split; the data is already shuffled (seeded)."""
-    n_val = max(1, int(round(len(images) * validation_fraction)))
-    return (images[n_val:], labels[n_val:]), (images[:n_val], labels[:n_val])
-
-
 def build_model(image_size):
     import vit_hub
 
@@ -77,28 +62,6 @@ def compile_model(model, learning_rate, steps):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-
-
-def plot(history, path, title):
-    """Loss and accuracy (train and validation) per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ["loss", "accuracy"]):
-        ax.plot(epochs, history[metric], label="train")
-        ax.plot(epochs, history[f"val_{metric}"], label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv=None):

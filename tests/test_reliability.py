@@ -833,3 +833,18 @@ def test_bad_input_gives_a_clear_error_and_changes_no_file(bad, case, monkeypatc
     assert snapshot(env.tmp) == before
     assert CacheEntry(NAME, env.cache).state() == "ok"
     assert [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)] == []
+
+
+def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path):
+    """A cache shared by a group must be readable by the group: atomic writes get the
+    mode a plain open() would give (0666 & ~umask), not mkstemp's private 0600."""
+    import stat
+
+    from vit_hub.files import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "shared.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "shared.json").st_mode) == 0o644

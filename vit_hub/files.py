@@ -24,6 +24,9 @@ def atomic_path(path):
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX,
                                suffix=os.path.basename(path))
     os.close(fd)
+    # mkstemp makes the file private (0600); give it the mode a plain open() would, so
+    # that a cache shared by a group stays readable to the group.
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         _fsync(tmp)
@@ -32,6 +35,12 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path):

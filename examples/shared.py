@@ -1,0 +1,52 @@
+"""What the fine-tuning and training-from-scratch examples share: scikit-learn's digits
+(1,797 8x8 images, shipped inside scikit-learn) as ViT inputs, and the training curves."""
+
+import os
+
+import numpy as np
+
+
+def load_digits(samples, image_size, seed):
+    """(images in [-1, 1] at image_size, labels), a seeded random subset."""
+    import vit_hub
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    # The digits' pixels are 0..16; as 8-bit RGB they look like any photo to preprocess.
+    gray = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    order = np.random.default_rng(seed).permutation(len(rgb))[:samples]
+    images = np.asarray(vit_hub.preprocess(rgb[order], image_size=image_size))
+    return images, digits.target[order]
+
+
+def split(images, labels, validation_fraction=0.2):
+    """Train/validation split; the data is already shuffled (seeded)."""
+    n_val = max(1, int(round(len(images) * validation_fraction)))
+    return (images[n_val:], labels[n_val:]), (images[:n_val], labels[:n_val])
+
+
+def plot(history, path, title, phase_boundary=None):
+    """Loss and accuracy (train and validation) per epoch, as a PNG; a dashed line after
+    epoch `phase_boundary` marks where the backbone was unfrozen."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ["loss", "accuracy"]):
+        ax.plot(epochs, history[metric], "o-", label="train")
+        ax.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
+        if phase_boundary:
+            ax.axvline(phase_boundary + 0.5, color="gray", linestyle="--",
+                       label="unfrozen")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
