@@ -37,6 +37,8 @@ def test_smoke_writes_every_figure(tmp_path):
     assert set(model["targets"]) == {"throughput_vs_hub", "first_prediction_vs_hub",
                                      "bf16_vs_fp32", "conversion_vs_io_floor",
                                      "conversion_rss_vs_weights"}
+    for verdict in model["targets"].values():  # by how much, and why
+        assert verdict["measured"] > 0 and len(verdict["why"]) > 40
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "target first_prediction_vs_hub" in printed
 
