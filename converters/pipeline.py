@@ -54,16 +54,10 @@ def write_error(err, where, what="the vit_hub cache"):
 
 def check_space(folder, conversion, where=None):
     """Raises the disk-full CacheError (naming `where`, default `folder`) before writing
-    when the file system holding `folder` has less free space than the weights file needs. HDF5 (1.14, h5py 3.14)
-    can crash the process (segfault) instead of raising when the disk fills up in the
+    when the file system holding `folder` has less free space than the weights file
+    needs. HDF5 (1.14, h5py 3.14) can crash the process (segfault) instead of raising when the disk fills up in the
     middle of a file, so a full disk is better caught here, before the first byte."""
-    tensors = getattr(conversion, "tensors", None)
-    if tensors is None and getattr(conversion, "model", None) is not None:
-        from vit_hub.weights import native_variables
-
-        tensors = native_variables(conversion.model)
-    if not tensors:
-        return
+    tensors = conversion.tensors
     needed = sum(4 * math.prod(np.shape(t)) for t in tensors.values())
     needed += 64 * 1024 + 2048 * len(tensors)  # HDF5 headers, the metadata JSON
     try:

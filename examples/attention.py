@@ -8,28 +8,27 @@ weights give a map without meaning: it shows the mechanics only).
 
 import argparse
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
 import vit_hub
-from vit_hub.cache import CacheEntry
+
+# examples/ is not a package: find the shared helpers beside this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from shared import pretrained_backbone  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def backbone():
-    if CacheEntry("vit_b32_fe").state() == "ok":
-        return vit_hub.load_pretrained("vit_b32_fe")
-    demo_cache = os.path.join(REPO, "out", "demo-cache")
-    if CacheEntry("vit_b32_fe", demo_cache).state() != "ok":
-        import runpy
-
-        runpy.run_path(os.path.join(REPO, "examples", "demo.py"), run_name="__main__")
-    print("Using the demo's TEST-BUILT vit_b32_fe (random weights): the map shows the "
-          "mechanics, not what a trained model attends to.")
-    return vit_hub.load_pretrained("vit_b32_fe", cache_dir=demo_cache, offline=True)
+    load, _, stand_in = pretrained_backbone()
+    if stand_in:
+        print("Using the demo's TEST-BUILT vit_b32_fe (random weights): the map shows the "
+              "mechanics, not what a trained model attends to.")
+    return load()
 
 
 def sample_image(size=224):

@@ -21,7 +21,6 @@ out/demo-cache, where `examples/demo.py` puts a TEST-BUILT stand-in with RANDOM 
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -34,11 +33,9 @@ import numpy as np
 
 # examples/ is not a package: find the shared dataset helper beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from shared import load_digits, plot, split  # noqa: E402
+from shared import BACKBONE as NAME, load_digits, plot, pretrained_backbone, split  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAME = "vit_b32_fe"
-DEMO_CACHE = os.path.join(REPO, "out", "demo-cache")
 NUM_CLASSES = 10
 
 
@@ -64,30 +61,10 @@ def backbone_source(weights=None):
     """(loader, description, stand_in): a function of model kwargs that loads the
     backbone, where its weights come from, and whether they are the random stand-in."""
     import vit_hub
-    from vit_hub.cache import CacheEntry
 
     if weights:  # any converted file, with the architecture recorded in it
         return partial(vit_hub.load_weights, weights), f"the weights file {weights}", False
-    if CacheEntry(NAME).state() != "ok" and CacheEntry(NAME, DEMO_CACHE).state() != "ok":
-        # The demo fills the user cache from Kaggle when reachable, else out/demo-cache
-        # with the stand-in.
-        print("No vit_b32_fe in any cache: running examples/demo.py first.")
-        _load_demo().main()
-    if CacheEntry(NAME).state() == "ok":
-        return (partial(vit_hub.load_pretrained, NAME, offline=True),
-                "the converted checkpoint in the user cache", False)
-    return (partial(vit_hub.load_pretrained, NAME, cache_dir=DEMO_CACHE, offline=True),
-            "the TEST-BUILT stand-in in out/demo-cache with RANDOM weights (not pretrained: "
-            "accuracy reflects training only, not pretraining)", True)
-
-
-def _load_demo():
-    """examples/demo.py as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "vit_hub_demo", os.path.join(REPO, "examples", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return pretrained_backbone()
 
 
 def build_model(backbone, image_size):

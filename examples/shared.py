@@ -2,8 +2,14 @@
 (1,797 8x8 images, shipped inside scikit-learn) as ViT inputs, and the training curves."""
 
 import os
+import runpy
+from functools import partial
 
 import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CACHE = os.path.join(REPO, "out", "demo-cache")
+BACKBONE = "vit_b32_fe"
 
 
 def load_digits(samples, image_size, seed):
@@ -50,3 +56,23 @@ def plot(history, path, title, phase_boundary=None):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def pretrained_backbone():
+    """(loader, description, stand_in) for `vit_b32_fe`: `loader(**model_kwargs)` loads it
+    from the user cache, else from the demo's cache (out/demo-cache), running
+    examples/demo.py first when neither has it. `stand_in` is True for the demo's
+    test-built checkpoint with RANDOM weights (no network here to fetch the real one)."""
+    import vit_hub
+    from vit_hub.cache import CacheEntry
+
+    if CacheEntry(BACKBONE).state() != "ok" and CacheEntry(BACKBONE, DEMO_CACHE).state() != "ok":
+        # The demo fills the user cache from Kaggle when reachable, else out/demo-cache.
+        print(f"No {BACKBONE} in any cache: running examples/demo.py first.")
+        runpy.run_path(os.path.join(REPO, "examples", "demo.py"), run_name="__main__")
+    if CacheEntry(BACKBONE).state() == "ok":
+        return (partial(vit_hub.load_pretrained, BACKBONE, offline=True),
+                "the converted checkpoint in the user cache", False)
+    return (partial(vit_hub.load_pretrained, BACKBONE, cache_dir=DEMO_CACHE, offline=True),
+            "the TEST-BUILT stand-in in out/demo-cache with RANDOM weights (not pretrained)",
+            True)

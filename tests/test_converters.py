@@ -17,8 +17,8 @@ from converters.hub_saved_model import flatten_order, read_hub_saved_model
 from converters.name_map import linen_to_native
 from converters.parity import TOLERANCE, ParityError, parity_inputs
 from tests import hub_export
+import vit_hub
 from vit_hub import VisionTransformer
-from vit_hub.weights import load_weights_file
 
 # Tiny stand-ins for the published archs: same patch sizes, same layer kinds, few blocks.
 TINY = {
@@ -106,7 +106,7 @@ def test_weights_file_round_trip(exported, tmp_path):
     assert metadata["sha256"] == sha256(path)
     assert sorted(os.listdir(path.parent)) == ["vit_tiny_classification.h5",
                                                "vit_tiny_classification.json"]
-    fresh = load_weights_file(VisionTransformer(**architecture(config)), path)
+    fresh = vit_hub.load_weights(path)  # the architecture recorded in the file
     inputs = parity_inputs(config.image_size)
     np.testing.assert_array_equal(fresh.predict(inputs, verbose=0),
                                   result.model.predict(inputs, verbose=0))
@@ -131,8 +131,7 @@ def test_unverified_conversion_streams_without_a_model(exported, tmp_path):
     assert result.model is None and result.parity is None
     path = tmp_path / "fe.h5"
     write_converted(result, path, "fe")
-    loaded = load_weights_file(VisionTransformer(include_top=False, pooling="token",
-                                                 **architecture(config)), path)
+    loaded = vit_hub.load_weights(path)
     inputs = parity_inputs(config.image_size)
     np.testing.assert_allclose(loaded.predict(inputs, verbose=0),
                                _hub_layer(saved_model)(inputs), atol=TOLERANCE)

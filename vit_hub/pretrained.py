@@ -76,13 +76,13 @@ def load_weights(path, **model_kwargs):
 def cached_weights(name, entry, cache_dir=None, offline=None):
     """The path of `name`'s verified weights in the cache, converting on a miss."""
     cache = CacheEntry(name, cache_dir)
-    state = cache.state()
-    if state == "ok":
+    problem = cache.problem()  # hashes the weights: once per load
+    if problem is None:
         return cache.weights_path
     offline = is_offline(offline)
-    if state == "corrupt":
+    if cache.metadata() is not None:  # an entry, but corrupt ('corrupt' in state())
         message = (f"The cache entry of {name} in {cache.folder} is not valid: "
-                   f"{cache.problem()}; it is not loaded.")
+                   f"{problem}; it is not loaded.")
         if offline:
             raise CacheError(message + f" Offline, they cannot be converted again: run "
                              f"`convert-weights {name} --force` with network, or with "

@@ -162,13 +162,6 @@ def read_weights_file(path):
                            "corrupt: convert it again.") from None
 
 
-def load_weights_file(model, path):
-    """Fills `model` from a converted-weights file (all tensors, shapes checked)."""
-    tensors, _ = read_weights_file(path)
-    assign(model, tensors, source=f"weights file {os.fspath(path)}")
-    return model
-
-
 def resample_position_embeddings(embeddings, old_grid, new_grid):
     """Position embeddings (1, 1 + rows*cols, D) for another patch grid: the class token's
     embedding is kept, the patch grid is resized bicubically (as timm does by default)."""
