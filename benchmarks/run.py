@@ -5,7 +5,7 @@
     python benchmarks/run.py --smoke                             # tiny, seconds (CI)
 
 Checkpoints are full-size models in the published format with random weights, built
-by the test-side exporter (tests/hub_export.py) into out/bench/, and reused. Figures:
+by `vit_hub.conversion.published_format` into out/bench/, and reused. Figures:
 - first prediction from a warm cache, in fresh processes, alternating: `load_pretrained`
   + first call versus `hub.KerasLayer(saved_model_dir)` + first call (imports excluded);
 - steady throughput (images/s, median of repeats after warm-up, contenders interleaved)
@@ -27,7 +27,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 WORK = os.path.join(REPO, "out", "bench")
 TARGETS = {"throughput_vs_hub": 1.2, "first_prediction_vs_hub": 0.3, "bf16_vs_fp32": 1.5,
            "conversion_vs_io_floor": 3.0, "conversion_rss_vs_weights": 2.0}
@@ -36,16 +35,15 @@ TARGETS = {"throughput_vs_hub": 1.2, "first_prediction_vs_hub": 0.3, "bf16_vs_fp
 # === What a model costs ===
 
 
-def flops_per_image(cfg, include_top):
-    """Multiply-adds x 2 of one forward pass (matmuls and attention; norms ignored)."""
-    d, mlp = cfg["hidden_dim"], cfg["mlp_dim"]
-    height, width = cfg["image_size"]
-    patches = (height // cfg["patch_size"]) * (width // cfg["patch_size"])
-    tokens = patches + 1
-    embed = 2 * patches * cfg["patch_size"] ** 2 * 3 * d
+def flops_per_image(arch):
+    """Multiply-adds x 2 of one forward pass of an Architecture (matmuls and attention;
+    norms ignored)."""
+    d, mlp, tokens = arch.hidden_dim, arch.mlp_dim, arch.num_tokens
+    patches = tokens - 1
+    embed = 2 * patches * arch.patch_size ** 2 * 3 * d
     block = 2 * tokens * d * (4 * d + 2 * mlp) + 4 * tokens * tokens * d
-    head = 2 * d * cfg.get("num_classes", 1000) if include_top else 0
-    return embed + cfg["num_layers"] * block + head
+    head = 2 * d * arch.num_classes if arch.include_top else 0
+    return embed + arch.num_layers * block + head
 
 
 def matmul_gflops(dtype="float32", n=2048, repeats=10):
@@ -67,26 +65,42 @@ def matmul_gflops(dtype="float32", n=2048, repeats=10):
 # === Checkpoints ===
 
 
-def checkpoint(name, smoke=False):
-    """(SavedModel dir, cache dir, entry, architecture) for `name`, built once."""
-    from tests import hub_export
-    from vit_hub.manifest import architecture_for, get_entry
+def checkpoint(name):
+    """(SavedModel dir, cache dir, entry) for `name`, the checkpoint built once."""
+    import vit_hub
+    from vit_hub.conversion import published_format
 
-    entry = get_entry(name)
-    arch = architecture_for(entry)
-    if smoke:  # a tiny stand-in under the same name
-        arch.update(image_size=32, patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,
-                    mlp_dim=64)
-    config = hub_export.HubConfig(arch["patch_size"], arch["hidden_dim"], arch["num_layers"],
-                                  arch["num_heads"], arch["mlp_dim"], 1000, arch["image_size"])
-    tag = f"{name}-smoke" if smoke else name
-    folder = os.path.join(WORK, "hub", tag)
+    entry = vit_hub.get_entry(name)
+    arch = entry.architecture
+    config = published_format.HubConfig(arch.patch_size, arch.hidden_dim, arch.num_layers,
+                                        arch.num_heads, arch.mlp_dim, 1000,
+                                        arch.image_size[0])
+    folder = os.path.join(WORK, "hub", name)
     if not os.path.exists(os.path.join(folder, "saved_model.pb")):
-        params = hub_export.init_params(config, entry["kind"], seed=0)
-        hub_export.export_saved_model(params, config, entry["kind"], folder + ".tmp")
+        params = published_format.init_params(config, entry.kind, seed=0)
+        published_format.export_saved_model(params, config, entry.kind, folder + ".tmp")
         os.replace(folder + ".tmp", folder)
-    arch["image_size"] = (arch["image_size"], arch["image_size"])
-    return folder, os.path.join(WORK, "cache", tag), entry, arch
+    return folder, os.path.join(WORK, "cache", name), entry
+
+
+# In smoke mode each model is replaced by a tiny stand-in of its kind, registered (in
+# this process and in every child) as NAME_smoke through the public catalogue API.
+SMOKE_VARIANT = ("vit_smoke8", dict(patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,
+                                    mlp_dim=64))
+
+
+def smoke_fields(name):
+    """The catalogue fields of `name`'s tiny stand-in."""
+    import vit_hub
+
+    return {**vit_hub.get_entry(name).to_dict(), "variant": SMOKE_VARIANT[0], "image_size": 32}
+
+
+def register_smoke(name, fields):
+    import vit_hub
+
+    vit_hub.register_variant(SMOKE_VARIANT[0], **SMOKE_VARIANT[1])
+    vit_hub.register_model(name, fields)
 
 
 # === Fresh-process measurements ===
@@ -94,12 +108,12 @@ def checkpoint(name, smoke=False):
 CHILD = r"""
 import json, os, resource, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-sys.path.insert(0, {repo!r})
 task, name, source, cache, size, smoke = {args!r}
 import numpy as np
 if smoke:
-    from benchmarks.run import register_smoke
-    register_smoke(name)
+    import vit_hub
+    vit_hub.register_variant({variant!r}, **{shape!r})
+    vit_hub.register_model(name, smoke)
 result = {{}}
 if task == "native":
     import vit_hub
@@ -118,7 +132,7 @@ elif task == "hub":
     np.asarray(layer(x))
     result["seconds"] = time.perf_counter() - start
 elif task == "convert":
-    from converters.pipeline import convert_into_cache
+    from vit_hub.conversion.pipeline import convert_into_cache
     result["rss_after_imports_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
     convert_into_cache(name, cache_dir=cache, source=source, verify=False, force=True)
@@ -129,25 +143,14 @@ print("RESULT " + json.dumps(result))
 
 
 def child(task, name, source, cache, size, smoke):
-    code = CHILD.format(repo=REPO, args=(task, name, source, cache, size, smoke))
+    code = CHILD.format(args=(task, name, source, cache, size, smoke), variant=SMOKE_VARIANT[0],
+                        shape=SMOKE_VARIANT[1])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "VIT_HUB_OFFLINE": "1"})
     line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"benchmark child {task} failed:\n{out.stderr[-3000:]}")
     return json.loads(line[len("RESULT "):])
-
-
-def register_smoke(name):
-    """In smoke mode the manifest's full-size architecture is replaced by a tiny one."""
-    from vit_hub import manifest, variants
-
-    entry = dict(manifest.get_entry(name))
-    variants._WIDTHS["smoke"] = (32, 2, 4, 64)
-    variants._VARIANTS["vit_smoke"] = ("smoke", 8)
-    entry.update(variant="vit_smoke", image_size=32)
-    models = {**manifest.load_manifest(), name: entry}
-    manifest.load_manifest = lambda: models
 
 
 def io_floor(source, fsync=False):
@@ -255,14 +258,16 @@ def machine():
 
 
 def bench_model(name, args, host):
-    source, cache, entry, arch = checkpoint(name, args.smoke)
-    size = arch["image_size"][0]
+    source, cache, entry = checkpoint(name)
+    arch = entry.architecture
+    size = arch.image_size[0]
     repeats = 1 if args.smoke else args.repeats
+    smoke = args.smoke_fields.get(name)  # children register the stand-in too
     result = {"model": name, "checkpoint": "test-built, published format, random weights",
-              "conversion": conversion(name, source, cache, repeats, args.smoke),
-              "first_prediction": first_prediction(name, source, cache, size, repeats, args.smoke)}
+              "conversion": conversion(name, source, cache, repeats, smoke),
+              "first_prediction": first_prediction(name, source, cache, size, repeats, smoke)}
     functions = contenders(name, source, cache)
-    flops = flops_per_image(arch, entry["kind"] == "classification")
+    flops = flops_per_image(arch)
     result["flops_per_image"] = flops
     result["machine_matmul_gflops_fp32"] = host["matmul_gflops_fp32"]
     result["throughput"] = {}
@@ -370,7 +375,6 @@ def chart(results, path):
 COMPARE_CHILD = r"""
 import json, os, resource, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-sys.path.insert(0, {repo!r})
 import numpy as np, tensorflow as tf, vit_hub
 variant, size, repeats = {args!r}
 model = vit_hub.create_vit(variant, image_size=size, include_top=False, pooling="token")
@@ -388,17 +392,17 @@ print("RESULT " + json.dumps({{"params": model.count_params(), "tokens": model.n
 
 def compare(args):
     import vit_hub
-    from vit_hub.variants import variant_config
+    from vit_hub.architecture import get_variant
 
     rows = []
     for variant in args.variants or vit_hub.list_variants():
         size = 32 if args.smoke else 224
-        code = COMPARE_CHILD.format(repo=REPO, args=(variant, size, 1 if args.smoke else 3))
+        code = COMPARE_CHILD.format(args=(variant, size, 1 if args.smoke else 3))
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
         row = {"variant": variant, **json.loads(line[7:])}
-        cfg = {**variant_config(variant), "image_size": (size, size)}
-        row["gflops_per_image"] = flops_per_image(cfg, include_top=False) / 1e9
+        arch = get_variant(variant).replace(image_size=size, include_top=False)
+        row["gflops_per_image"] = flops_per_image(arch) / 1e9
         row["images_per_s"] = 1 / row["seconds_per_image"]
         rows.append(row)
         print(f"{variant:9} params {row['params']:>12,}  tokens {row['tokens']:>4}  "
@@ -428,9 +432,14 @@ def main(argv=None):
         host = machine()
         print(f"{host['cpu']}, {host['cores']} cores: matmul {host['matmul_gflops_fp32']:.0f} "
               f"GFLOP/s fp32, {host['matmul_gflops_bf16']:.0f} GFLOP/s bf16")
+        names = args.models.split(",")
         if args.smoke:
-            register_smoke(args.models.split(",")[0])
-        results = [bench_model(name, args, host) for name in args.models.split(",")]
+            smoke = {f"{name}_smoke": smoke_fields(name) for name in names}
+            for name, fields in smoke.items():
+                register_smoke(name, fields)
+            names = list(smoke)
+        args.smoke_fields = smoke if args.smoke else {}  # name -> fields, for the children
+        results = [bench_model(name, args, host) for name in names]
         for result in results:
             print_model(result)
         report = {"machine": host, "models": results}

@@ -8,7 +8,6 @@ weights give a map without meaning: it shows the mechanics only).
 
 import argparse
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,8 +15,7 @@ import numpy as np
 
 import vit_hub
 
-# examples/ is not a package: find the shared helpers beside this file.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# `python examples/NAME.py` puts examples/ first on sys.path: the shared helpers are found there.
 from shared import pretrained_backbone  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

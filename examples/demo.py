@@ -6,14 +6,13 @@ through `vit_hub.load_pretrained`, offline if need be.
 1. Obtain the hub checkpoint `vit_b32_fe`: from Kaggle when reachable. Without network
    (as on the project's build machines) it builds a stand-in in exactly the published
    format (same SavedModel layout, signature and numerics) with RANDOM weights, using
-   the test-side exporter, and says so; that one is cached in out/demo-cache, never in
+   `vit_hub.conversion.published_format`, and says so; that one is cached in out/demo-cache, never in
    the user cache, so it cannot be mistaken for the real weights.
 2. Convert it to native weights and check parity against `hub.KerasLayer`.
 3. `load_pretrained('vit_b32_fe')` and extract features for a sample image.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,27 +32,25 @@ def sample_image(size=224):
 
 def obtain_checkpoint():
     """(cache_dir, source, label): the real model from Kaggle, or a test-built stand-in."""
-    from converters.download import DownloadError
     from vit_hub.cache import CacheEntry
+    from vit_hub.conversion.download import download
+    from vit_hub.errors import DownloadError
 
     if CacheEntry(NAME).state() == "ok":
         return None, None, "the real checkpoint, already converted in the user cache"
     try:
-        from converters.download import download
-
         source = download("spsayakpaul/vision-transformer/tensorFlow2/vit-b32-fe/1", timeout=600)
         return None, source, "the real checkpoint, downloaded from Kaggle"
     except DownloadError as err:
         print(f"No checkpoint from Kaggle: {err}")
-    sys.path.insert(0, REPO)
-    from tests import hub_export
+    from vit_hub.conversion import published_format
 
     folder = os.path.join(REPO, "out", "demo-checkpoint", "vit-b32-fe")
     if not os.path.exists(os.path.join(folder, "saved_model.pb")):
         print("Building a TEST-BUILT stand-in in the published format (random weights) ...")
-        config = hub_export.ARCHS["b32"]
-        params = hub_export.init_params(config, "fe", seed=0)
-        hub_export.export_saved_model(params, config, "fe", folder + ".tmp")
+        config = published_format.ARCHS["b32"]
+        params = published_format.init_params(config, "fe", seed=0)
+        published_format.export_saved_model(params, config, "fe", folder + ".tmp")
         os.replace(folder + ".tmp", folder)
     return (os.path.join(REPO, "out", "demo-cache"), folder,
             "a TEST-BUILT checkpoint in the published format with RANDOM weights "
@@ -62,7 +59,7 @@ def obtain_checkpoint():
 
 def main():
     import vit_hub
-    from converters.pipeline import convert_into_cache
+    from vit_hub.conversion.pipeline import convert_into_cache
 
     cache_dir, source, label = obtain_checkpoint()
     print(f"Checkpoint: {label}.")

@@ -22,7 +22,6 @@ out/demo-cache, where `examples/demo.py` puts a TEST-BUILT stand-in with RANDOM 
 
 import argparse
 import os
-import sys
 import time
 from functools import partial
 
@@ -31,8 +30,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
 
-# examples/ is not a package: find the shared dataset helper beside this file.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# `python examples/NAME.py` puts examples/ first on sys.path: the shared helpers are found there.
 from shared import BACKBONE as NAME, load_digits, plot, pretrained_backbone, split  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,6 @@ patch grid), trained with AdamW, and the loss/accuracy curves saved as a PNG.
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,8 +17,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
 
-# examples/ is not a package: find the shared dataset helper beside this file.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# `python examples/NAME.py` puts examples/ first on sys.path: the shared helpers are found there.
 from shared import load_digits, plot, split  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

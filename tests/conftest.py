@@ -1,3 +1,7 @@
+"""What the tests share: tiny configs and inputs, the tiny catalogue entries (registered
+through the public API, as a user would add a private model), a test-built checkpoint in
+the published format, and clean cache environments."""
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -6,9 +10,48 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
 import pytest
 
+import vit_hub
+
 # A ViT small enough for tests that run in seconds, with every kind of layer.
 TINY = dict(patch_size=8, hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64)
 TINY_IMAGE = 32
+
+# The tiny variant in the catalogue, fe and classification, as published models would be.
+TINY_NAME = "vit_tiny8_fe"
+TINY_CLASSIFICATION = "vit_tiny8_classification"
+TINY_HANDLE = "spsayakpaul/vision-transformer/tensorFlow2/vit-tiny8-fe/1"
+TINY_ENTRY = {
+    "handle": TINY_HANDLE, "variant": "vit_tiny8", "kind": "fe", "image_size": TINY_IMAGE,
+    "input_range": [-1.0, 1.0], "output": {"kind": "features", "shape": [None, 32]},
+    "num_tensors": 38, "num_params": 0, "converter": "vit",
+}
+TINY_CLASSIFICATION_ENTRY = {
+    **TINY_ENTRY, "kind": "classification",
+    "handle": "spsayakpaul/vision-transformer/tensorFlow2/vit-tiny8-classification/1",
+}
+# Handed to child processes (tests/fault_driver.py) to register the same catalogue.
+CATALOGUE = {
+    "variants": {"vit_tiny8": TINY},
+    "models": {TINY_NAME: TINY_ENTRY, TINY_CLASSIFICATION: TINY_CLASSIFICATION_ENTRY},
+}
+
+
+def register_catalogue(catalogue=CATALOGUE):
+    """Registers the test catalogue with vit_hub.register_variant / register_model
+    (idempotent: registering the same entry again changes nothing)."""
+    for name, architecture in catalogue.get("variants", {}).items():
+        vit_hub.register_variant(name, **architecture)
+    for name, entry in catalogue.get("models", {}).items():
+        vit_hub.register_model(name, entry)
+
+
+register_catalogue()
+
+
+def tiny_hub_config():
+    from vit_hub.conversion import published_format
+
+    return published_format.HubConfig(8, 32, 2, 4, 64, num_classes=1000, image_size=TINY_IMAGE)
 
 
 @pytest.fixture
@@ -24,3 +67,22 @@ def images():
     yy, xx = np.mgrid[0:TINY_IMAGE, 0:TINY_IMAGE] / TINY_IMAGE
     smooth = np.stack([np.sin(6 * xx), np.cos(5 * yy), xx * yy * 2 - 1], -1)
     return np.concatenate([noise, smooth[None]], 0).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_saved_model(tmp_path_factory):
+    """The tiny fe model exported in the published format (random weights, seed 3)."""
+    from vit_hub.conversion import published_format
+
+    config = tiny_hub_config()
+    params = published_format.init_params(config, "fe", seed=3)
+    return published_format.export_saved_model(
+        params, config, "fe", str(tmp_path_factory.mktemp("tiny") / "hub"))
+
+
+def cache_files(root):
+    """Files under `root`, relative, lock files left out."""
+    return sorted(
+        os.path.relpath(os.path.join(folder, f), root)
+        for folder, _, files in os.walk(root) for f in files if not f.endswith(".lock")
+    )

@@ -1,16 +1,18 @@
-"""A child process for tests/test_reliability.py: `convert-weights` or `load_pretrained`
-with the test catalogue registered, optionally stopping at a named point so that the
-parent can kill it there (SIGKILL) at a known moment.
+"""A child process for the fault tests (tests/test_faults_*.py; helpers in
+tests/fault_support.py): `convert-weights` or `load_pretrained` with the test catalogue
+registered, optionally stopping at a named point so that the parent can kill it there
+(SIGKILL) at a known moment.
 
-    python -m tests.fault_driver cli ARG...     # converters.cli.main([ARG...])
+    python -m tests.fault_driver cli ARG...     # vit_hub.conversion.cli.main([ARG...])
     python -m tests.fault_driver load NAME      # vit_hub.load_pretrained(NAME)
 
 Nothing here is a hook in the production code: the points are made by wrapping library
 functions in this process only.
 
 Environment:
-    FAULT_CATALOGUE  JSON {"models": {name: manifest entry}, "widths": {size: [...]},
-                     "variants": {variant: [size, patch]}} added to the catalogue.
+    FAULT_CATALOGUE  JSON {"variants": {name: {shape kwargs}}, "models": {name: fields}}
+                     (the format of tests.conftest.CATALOGUE), registered through the
+                     public API: vit_hub.register_variant, then vit_hub.register_model.
     FAULT_PAUSE      one of POINTS; FAULT_SIGNAL: a file created when it is reached, after
                      which the process sleeps until it is killed, or until the file
                      FAULT_RESUME exists (then it goes on).
@@ -51,15 +53,15 @@ def pause(point):
 
 
 def register_catalogue():
+    """Registers FAULT_CATALOGUE as a user would add private models (no module state is
+    patched): each variant, then each model, validated like the shipped catalogue."""
     spec = json.loads(os.environ.get("FAULT_CATALOGUE") or "{}")
-    if not spec:
-        return
-    from vit_hub import manifest, variants
+    import vit_hub
 
-    variants._WIDTHS.update({k: tuple(v) for k, v in spec.get("widths", {}).items()})
-    variants._VARIANTS.update({k: tuple(v) for k, v in spec.get("variants", {}).items()})
-    models = {**manifest.load_manifest(), **spec.get("models", {})}
-    manifest.load_manifest = lambda: models
+    for name, shape in spec.get("variants", {}).items():
+        vit_hub.register_variant(name, **shape)
+    for name, fields in spec.get("models", {}).items():
+        vit_hub.register_model(name, fields)
 
 
 def install_points():
@@ -67,14 +69,14 @@ def install_points():
     if point and point not in POINTS:
         raise SystemExit(f"fault_driver: unknown FAULT_PAUSE {point!r}; one of {list(POINTS)}")
 
-    import converters.convert
-    import converters.pipeline
+    import vit_hub.conversion.convert
+    import vit_hub.conversion.pipeline
     import h5py
     import kagglehub.clients
     import vit_hub.files
 
     # Counts conversions (the concurrency test wants exactly one).
-    original_convert = converters.pipeline._conversion
+    original_convert = vit_hub.conversion.pipeline._conversion
 
     def logged_convert(*args, **kwargs):
         if os.environ.get("FAULT_LOG"):
@@ -82,7 +84,7 @@ def install_points():
                 f.write(f"convert {os.getpid()}\n")
         return original_convert(*args, **kwargs)
 
-    converters.pipeline._conversion = logged_convert
+    vit_hub.conversion.pipeline._conversion = logged_convert
     if not point:
         return
 
@@ -98,14 +100,14 @@ def install_points():
     kagglehub.clients._download_file = half_download
 
     # convert: after the checkpoint is read.
-    original_read = converters.convert.read_hub_saved_model
+    original_read = vit_hub.conversion.convert.read_hub_saved_model
 
     def read_then_pause(*args, **kwargs):
         tensors = original_read(*args, **kwargs)
         pause("convert")
         return tensors
 
-    converters.convert.read_hub_saved_model = read_then_pause
+    vit_hub.conversion.convert.read_hub_saved_model = read_then_pause
 
     # write: the HDF5 file has some datasets, flushed to disk.
     original_create = h5py.Group.create_dataset
@@ -161,14 +163,14 @@ def barrier():
 
 def main(argv):
     mode, args = argv[0], argv[1:]
-    import converters.cli
+    import vit_hub.conversion.cli
     import vit_hub
 
     register_catalogue()
     install_points()
     barrier()
     if mode == "cli":
-        return converters.cli.main(args)
+        return vit_hub.conversion.cli.main(args)
     if mode == "load":
         model = vit_hub.load_pretrained(args[0])
         print(json.dumps({"name": args[0], "output_shape": list(model.output_shape)}))

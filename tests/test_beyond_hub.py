@@ -8,7 +8,7 @@ import pytest
 
 import keras
 import vit_hub
-from converters.name_map import assign_linen
+from vit_hub.conversion.name_map import assign_linen
 from tests.conftest import TINY, TINY_IMAGE
 from tests.numpy_reference import vit_forward
 from tests.test_model import tiny_model, tiny_params

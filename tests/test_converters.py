@@ -1,6 +1,6 @@
 """Export (published recipe, Flax + jax2tf) -> convert -> native model == hub.KerasLayer.
 
-Checkpoints are built by tests/hub_export.py in the published format; the parity
+Checkpoints are built by vit_hub.conversion.published_format in the published format; the parity
 reference is the hub model itself run through `hub.KerasLayer`.
 """
 
@@ -11,14 +11,14 @@ import shutil
 import numpy as np
 import pytest
 
-from converters import ConversionError
-from converters.convert import convert, metadata_path, write_converted
-from converters.hub_saved_model import flatten_order, read_hub_saved_model
-from converters.name_map import linen_to_native
-from converters.parity import TOLERANCE, ParityError, parity_inputs
-from tests import hub_export
+from vit_hub.errors import ConversionError
+from vit_hub.conversion.convert import convert, metadata_path, write_converted
+from vit_hub.conversion.hub_saved_model import flatten_order, read_hub_saved_model
+from vit_hub.conversion.name_map import linen_to_native
+from vit_hub.conversion.parity import TOLERANCE, ParityError, parity_inputs
+from vit_hub.conversion import published_format as hub_export
 import vit_hub
-from vit_hub import VisionTransformer
+from vit_hub import Architecture, VisionTransformer
 
 # Tiny stand-ins for the published archs: same patch sizes, same layer kinds, few blocks.
 TINY = {
@@ -32,11 +32,12 @@ KINDS = ("fe", "classification")
 REPORTS = {}
 
 
-def architecture(config):
-    return dict(
+def architecture(config, include_top):
+    return Architecture(
         image_size=config.image_size, patch_size=config.patch_size,
         hidden_dim=config.hidden_dim, num_layers=config.num_layers,
         num_heads=config.num_heads, mlp_dim=config.mlp_dim, num_classes=config.num_classes,
+        include_top=include_top,
     )
 
 
@@ -64,7 +65,7 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("arch", list(TINY))
 def test_saved_model_route_matches_hub(exported, arch, kind):
     config, _, saved_model, _ = exported(arch, kind)
-    result = convert(saved_model, architecture(config), include_top=kind == "classification")
+    result = convert(saved_model, architecture(config, kind == "classification"))
     REPORTS[f"{arch}-{kind}-saved_model"] = result.parity.summary()
     assert result.parity.max_abs <= TOLERANCE
     assert result.parity.cosine > 0.99999
@@ -76,7 +77,7 @@ def test_saved_model_route_matches_hub(exported, arch, kind):
 @pytest.mark.parametrize("arch", ["b8", "b16", "b32"])
 def test_npz_route_matches_hub(exported, arch, kind):
     config, _, saved_model, npz = exported(arch, kind)
-    result = convert(npz, architecture(config), include_top=kind == "classification",
+    result = convert(npz, architecture(config, kind == "classification"),
                      reference=saved_model)
     REPORTS[f"{arch}-{kind}-npz"] = result.parity.summary()
     assert result.parity.max_abs <= TOLERANCE
@@ -88,13 +89,13 @@ def test_classification_npz_converts_as_fe(exported, tmp_path):
     config, params, _, npz = exported("b16", "classification")
     fe_params = {k: v for k, v in params.items() if k != "head"}
     fe_saved_model = hub_export.export_saved_model(fe_params, config, "fe", str(tmp_path / "fe"))
-    result = convert(npz, architecture(config), include_top=False, reference=fe_saved_model)
+    result = convert(npz, architecture(config, False), reference=fe_saved_model)
     assert result.parity.max_abs <= TOLERANCE
 
 
 def test_weights_file_round_trip(exported, tmp_path):
     config, _, saved_model, _ = exported("b32", "classification")
-    result = convert(saved_model, architecture(config), include_top=True)
+    result = convert(saved_model, architecture(config, True))
     path = tmp_path / "out" / "vit_tiny_classification.h5"
     metadata = write_converted(result, path, "vit_tiny_classification")
     on_disk = json.loads(open(metadata_path(path)).read())
@@ -115,19 +116,19 @@ def test_weights_file_round_trip(exported, tmp_path):
 @pytest.mark.parametrize("include_top", [True, False])
 def test_linen_shapes_are_the_model_shapes(include_top):
     """The shapes a conversion checks without building a model are the model's own."""
-    from converters.name_map import linen_shapes
+    from vit_hub.conversion.name_map import linen_shapes
     from vit_hub.weights import native_variables
 
-    arch = dict(image_size=(32, 48), patch_size=8, hidden_dim=24, num_layers=3, num_heads=3,
-                mlp_dim=40, num_classes=7)
-    variables = native_variables(VisionTransformer(include_top=include_top, **arch))
-    names = linen_to_native(3, include_top)
-    assert linen_shapes(arch, include_top) == {k: tuple(variables[n].shape) for k, n in names.items()}
+    arch = Architecture(image_size=(32, 48), patch_size=8, hidden_dim=24, num_layers=3,
+                        num_heads=3, mlp_dim=40, num_classes=7, include_top=include_top)
+    variables = native_variables(VisionTransformer(**arch.to_dict()))
+    names = linen_to_native(arch)
+    assert linen_shapes(arch) == {k: tuple(variables[n].shape) for k, n in names.items()}
 
 
 def test_unverified_conversion_streams_without_a_model(exported, tmp_path):
     config, _, saved_model, _ = exported("b16", "fe")
-    result = convert(saved_model, architecture(config), include_top=False, verify=False)
+    result = convert(saved_model, architecture(config, False), verify=False)
     assert result.model is None and result.parity is None
     path = tmp_path / "fe.h5"
     write_converted(result, path, "fe")
@@ -145,7 +146,7 @@ def _hub_layer(path):
 
 def test_flatten_order_is_the_published_b16_layout():
     """Index -> name of the published ViT-B/16 classification export (hub-format.md)."""
-    order = flatten_order(linen_to_native(12, include_top=True))
+    order = flatten_order(linen_to_native(vit_hub.architecture.get_variant("vit_b16")))
     assert len(order) == 200
     assert order[:2] == ["Transformer/encoder_norm/bias", "Transformer/encoder_norm/scale"]
     block_order = [0, 1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9]
@@ -169,7 +170,8 @@ def test_flatten_order_matches_tf_nest_on_the_exported_params(exported):
     from vit_hub.weights import flatten
 
     named = _replace_leaves(params, "")
-    assert flatten_order(linen_to_native(config.num_layers, True)) == tf.nest.flatten(named)
+    arch = architecture(config, include_top=True)
+    assert flatten_order(linen_to_native(arch)) == tf.nest.flatten(named)
     assert sorted(flatten(params)) == sorted(tf.nest.flatten(named))
 
 
@@ -185,7 +187,7 @@ def _replace_leaves(tree, prefix):
 def test_b16_checkpoint_into_b32_config(exported):
     _, _, saved_model, _ = exported("b16", "fe")
     with pytest.raises(ConversionError) as err:
-        convert(saved_model, architecture(TINY["b32"]), include_top=False)
+        convert(saved_model, architecture(TINY["b32"], False))
     text = str(err.value)
     assert "(embedding/kernel) has shape (16, 16, 3, 32), expected (32, 32, 3, 32)" in text
     assert "pos_embedding) has shape (1, 17, 32), expected (1, 5, 32)" in text
@@ -197,13 +199,13 @@ def test_truncated_variables_file(exported, tmp_path):
     data = next((broken / "variables").glob("variables.data-*"))
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(ConversionError, match="probably truncated or corrupt"):
-        convert(broken, architecture(TINY["b32"]), include_top=False)
+        convert(broken, architecture(TINY["b32"], False))
 
 
 def test_classification_checkpoint_asked_as_fe(exported):
     config, _, saved_model, _ = exported("b32", "classification")
     with pytest.raises(ConversionError) as err:
-        convert(saved_model, architecture(config), include_top=False)
+        convert(saved_model, architecture(config, False))
     assert "holds 40 tensors, the model needs 38" in str(err.value)
     assert "a classification checkpoint, with head, asked for as fe?" in str(err.value)
 
@@ -211,50 +213,50 @@ def test_classification_checkpoint_asked_as_fe(exported):
 def test_fe_checkpoint_asked_as_classification(exported):
     config, _, saved_model, _ = exported("b32", "fe")
     with pytest.raises(ConversionError, match="an fe checkpoint, without head, asked for"):
-        convert(saved_model, architecture(config), include_top=True)
+        convert(saved_model, architecture(config, True))
 
 
 def test_swapped_equal_shapes_pass_the_shape_check_but_fail_parity(exported, tmp_path):
     """query and key kernels have equal shapes: only parity can tell them apart."""
     config, params, _, _ = exported("b32", "fe")
-    order = flatten_order(linen_to_native(config.num_layers, False))
+    order = flatten_order(linen_to_native(architecture(config, False)))
     q = order.index("Transformer/encoderblock_1/MultiHeadDotProductAttention_0/query/kernel")
     k = order.index("Transformer/encoderblock_1/MultiHeadDotProductAttention_0/key/kernel")
     permutation = list(range(len(order)))
     permutation[q], permutation[k] = k, q
     swapped = hub_export.export_saved_model(params, config, "fe", str(tmp_path / "swapped"),
                                             variable_order=permutation)
-    read_hub_saved_model(swapped, architecture(config), include_top=False)  # shapes all fit
+    read_hub_saved_model(swapped, architecture(config, False))  # shapes all fit
     with pytest.raises(ParityError, match="exceeds the tolerance 1e-04"):
-        convert(swapped, architecture(config), include_top=False)
+        convert(swapped, architecture(config, False))
 
 
 def test_npz_with_pickled_objects_is_refused(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, cls=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ConversionError, match="pickled Python objects"):
-        convert(path, architecture(TINY["b32"]), include_top=False, verify=False)
+        convert(path, architecture(TINY["b32"], False), verify=False)
 
 
 def test_npz_needs_a_reference_to_verify(exported):
     config, _, _, npz = exported("b32", "fe")
     with pytest.raises(ConversionError, match="Pass the hub SavedModel as reference"):
-        convert(npz, architecture(config), include_top=False)
+        convert(npz, architecture(config, False))
 
 
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConversionError, match="is not a SavedModel directory"):
-        convert(tmp_path / "empty", architecture(TINY["b32"]), include_top=False)
+        convert(tmp_path / "empty", architecture(TINY["b32"], False))
     with pytest.raises(ConversionError, match="neither a SavedModel directory nor an .npz"):
-        convert(tmp_path / "missing.h5", architecture(TINY["b32"]), include_top=False)
+        convert(tmp_path / "missing.h5", architecture(TINY["b32"], False))
 
 
 def test_failed_conversion_writes_nothing(exported, tmp_path):
     config, _, saved_model, _ = exported("b32", "classification")
     out = tmp_path / "out"
     with pytest.raises(ConversionError):
-        result = convert(saved_model, architecture(config), include_top=False)
+        result = convert(saved_model, architecture(config, False))
         write_converted(result, out / "x.h5", "x")
     assert not out.exists()
 
@@ -264,11 +266,11 @@ def test_failed_conversion_writes_nothing(exported, tmp_path):
 def test_full_size_b32(exported, kind):
     config = hub_export.ARCHS["b32"]
     _, _, saved_model, npz = exported("b32-full", kind, config=config)
-    arch = architecture(config)
-    result = convert(saved_model, arch, include_top=kind == "classification")
+    arch = architecture(config, kind == "classification")
+    result = convert(saved_model, arch)
     REPORTS[f"b32-full-{kind}-saved_model"] = result.parity.summary()
     assert result.parity.max_abs <= TOLERANCE
-    via_npz = convert(npz, arch, include_top=kind == "classification", reference=saved_model)
+    via_npz = convert(npz, arch, reference=saved_model)
     REPORTS[f"b32-full-{kind}-npz"] = via_npz.parity.summary()
     assert via_npz.parity.max_abs <= TOLERANCE
 

@@ -20,6 +20,13 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True)
+def examples_first_on_path(monkeypatch):
+    """As `python examples/NAME.py` runs them: examples/ first on sys.path, where their
+    shared helpers are."""
+    monkeypatch.syspath_prepend(EXAMPLES)
+
+
 def load_example(name):
     """examples/<name>.py as a module (examples/ is not a package)."""
     spec = importlib.util.spec_from_file_location(f"example_{name}",

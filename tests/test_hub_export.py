@@ -17,8 +17,8 @@ import tensorflow_hub as hub  # noqa: E402
 import tf_keras  # noqa: E402
 from tensorflow.core.protobuf import trackable_object_graph_pb2  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import hub_export as he  # noqa: E402
+from tests.numpy_reference import vit_forward  # noqa: E402
+from vit_hub.conversion import published_format as he  # noqa: E402
 
 TINY = he.HubConfig(patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,
                     mlp_dim=64, num_classes=10, image_size=32)
@@ -300,42 +300,10 @@ def test_fe_trainable_with_gradients(exported):
 
 
 def numpy_vit(params, config, x):
-    """hub-format.md's numerics in float64 numpy, to check the Flax model."""
-    def ln(v, p):  # epsilon 1e-6, variance as E[x^2] - E[x]^2
-        mean = v.mean(-1, keepdims=True)
-        var = (v * v).mean(-1, keepdims=True) - mean * mean
-        return (v - mean) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
-
-    def gelu(v):  # tanh approximation
-        return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
-
-    params = tf.nest.map_structure(lambda a: a.astype(np.float64), params)
-    b, p, g = x.shape[0], config.patch_size, config.image_size // config.patch_size
-    patches = x.astype(np.float64).reshape(b, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5)
-    tok = np.einsum("bhwijc,ijcd->bhwd", patches, params["embedding"]["kernel"])
-    tok = tok.reshape(b, g * g, -1) + params["embedding"]["bias"]
-    cls = np.broadcast_to(params["cls"], (b, 1, tok.shape[-1]))
-    enc = params["Transformer"]
-    h = np.concatenate([cls, tok], 1) + enc["posembed_input"]["pos_embedding"]
-    for i in range(config.num_layers):
-        blk = enc[f"encoderblock_{i}"]
-        att = blk["MultiHeadDotProductAttention_0"]
-        y = ln(h, blk["LayerNorm_0"])
-        q, k, v = (np.einsum("bnd,dhk->bnhk", y, att[m]["kernel"]) + att[m]["bias"]
-                   for m in ("query", "key", "value"))
-        s = np.einsum("bqhk,bshk->bhqs", q / np.sqrt(q.shape[-1]), k)
-        s = np.exp(s - s.max(-1, keepdims=True))
-        s /= s.sum(-1, keepdims=True)
-        o = np.einsum("bhqs,bshk->bqhk", s, v)
-        h = h + np.einsum("bqhk,hkd->bqd", o, att["out"]["kernel"]) + att["out"]["bias"]
-        mlp = blk["MlpBlock_0"]
-        y = ln(h, blk["LayerNorm_1"])
-        y = gelu(y @ mlp["Dense_0"]["kernel"] + mlp["Dense_0"]["bias"])
-        h = h + y @ mlp["Dense_1"]["kernel"] + mlp["Dense_1"]["bias"]
-    out = ln(h, enc["encoder_norm"])[:, 0]
-    if "head" in params:
-        out = out @ params["head"]["kernel"] + params["head"]["bias"]
-    return out
+    """hub-format.md's numerics in float64 numpy (tests/numpy_reference.py): the fe
+    features or the logits, as the hub model returns them."""
+    _, features, logits, _ = vit_forward(params, x, config.patch_size)
+    return features if logits is None else logits
 
 
 @pytest.mark.parametrize("kind", ["fe", "classification"])
@@ -398,17 +366,26 @@ def _paths(tree, prefix=""):
             yield prefix + k
 
 
+BUILD_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "converters", "build_hub_checkpoint.py")
+
+
+def build_checkpoint(*args):
+    """converters/build_hub_checkpoint.py, as a user runs it; its exit status."""
+    return subprocess.run([sys.executable, BUILD_SCRIPT, *args], timeout=300).returncode
+
+
 def test_cli_npz_then_export_from_npz(tmp_path):
     tiny = ["--hidden-dim", "32", "--num-layers", "2", "--num-heads", "4",
             "--mlp-dim", "64", "--patch-size", "8", "--num-classes", "10",
             "--image-size", "32"]
     npz = str(tmp_path / "w.npz")
     first, second = str(tmp_path / "a"), str(tmp_path / "b")
-    assert he.main(["--kind", "classification", "--out", first, "--npz", npz,
-                    "--seed", "4", *tiny]) == 0
+    assert build_checkpoint("--kind", "classification", "--out", first, "--npz", npz,
+                            "--seed", "4", *tiny) == 0
     # fe from a classification npz drops the head, as the notebook does.
-    assert he.main(["--kind", "fe", "--out", second, "--from-npz", npz,
-                    "--image-size", "32"]) == 0
+    assert build_checkpoint("--kind", "fe", "--out", second, "--from-npz", npz,
+                            "--image-size", "32") == 0
     params = he.init_params(TINY, "classification", seed=4)
     params.pop("head")
     x = images(2, TINY)
@@ -430,9 +407,7 @@ def test_export_rejects_mismatched_kind(tmp_path):
 @pytest.mark.slow
 def test_full_size_b32_fe_cli(tmp_path):
     out = str(tmp_path / "b32_fe")
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hub_export.py")
-    subprocess.run([sys.executable, script, "--arch", "b32", "--kind", "fe",
-                    "--out", out], check=True)
+    assert build_checkpoint("--arch", "b32", "--kind", "fe", "--out", out) == 0
     listed = dict(tf.train.list_variables(ckpt_prefix(out)))
     assert len(listed) == 198 + 2
     assert listed["variables/195/.ATTRIBUTES/VARIABLE_VALUE"] == [1, 1, 768]

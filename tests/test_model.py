@@ -6,7 +6,7 @@ import pytest
 
 import keras
 import vit_hub
-from converters.name_map import assign_linen
+from vit_hub.conversion.name_map import assign_linen
 from vit_hub.weights import WeightsError
 from tests.conftest import TINY, TINY_IMAGE
 from tests.numpy_reference import random_params, vit_forward
@@ -95,9 +95,11 @@ def test_other_and_non_square_image_sizes(images):
         assert out.shape == (2, tokens, TINY["hidden_dim"])
 
 
-@pytest.mark.parametrize("size", [30, 0, (32, 36)])
-def test_image_size_not_divisible_is_a_clear_error(size):
-    with pytest.raises(ValueError, match="multiple of the patch size 8"):
+@pytest.mark.parametrize("size,text", [(30, "multiple of the patch size 8"),
+                                       ((32, 36), "multiple of the patch size 8"),
+                                       (0, "must be a positive int"), (-32, "positive")])
+def test_image_size_not_divisible_is_a_clear_error(size, text):
+    with pytest.raises(vit_hub.ConfigError, match=text):
         tiny_model(image_size=size)
 
 

@@ -16,40 +16,18 @@ import numpy as np
 import pytest
 
 import vit_hub
-from converters.download import DownloadError
-from converters.parity import hub_outputs, parity_inputs
-from tests import hub_export
-from tests.kaggle_server import FakeKaggle, kaggle_env, kagglehub_cache_paths, lay_out_kagglehub_cache
-from vit_hub import manifest, variants
-from vit_hub.cache import CacheEntry, CacheError
+from tests.conftest import TINY_HANDLE, cache_files
+from tests.kaggle_server import FakeKaggle, kaggle_env, lay_out_kagglehub_cache
+from vit_hub.cache import CacheEntry
+from vit_hub.conversion import published_format
+from vit_hub.conversion.parity import hub_outputs, parity_inputs
+from vit_hub.errors import CacheError, DownloadError
 
-TINY_HANDLE = "spsayakpaul/vision-transformer/tensorFlow2/vit-tiny8-fe/1"
-TINY_CONFIG = hub_export.HubConfig(8, 32, 2, 4, 64, num_classes=1000, image_size=32)
-TINY_ENTRY = {
-    "handle": TINY_HANDLE, "variant": "vit_tiny8", "kind": "fe", "image_size": 32,
-    "input_range": [-1.0, 1.0], "output": {"kind": "features", "shape": [None, 32]},
-    "num_tensors": 38, "num_params": 0, "converter": "vit",
-}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def tiny_saved_model(tmp_path_factory):
-    params = hub_export.init_params(TINY_CONFIG, "fe", seed=3)
-    return hub_export.export_saved_model(params, TINY_CONFIG, "fe",
-                                         str(tmp_path_factory.mktemp("tiny") / "hub"))
-
-
 @pytest.fixture
-def tiny_catalogue(monkeypatch):
-    monkeypatch.setitem(variants._WIDTHS, "tiny", (32, 2, 4, 64))
-    monkeypatch.setitem(variants._VARIANTS, "vit_tiny8", ("tiny", 8))
-    models = {**manifest.load_manifest(), "vit_tiny8_fe": TINY_ENTRY}
-    monkeypatch.setattr(manifest, "load_manifest", lambda: models)
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch, tiny_catalogue):
+def env(tmp_path, monkeypatch):
     """Fresh caches; kagglehub pointed at loopback port 7777 (nothing listens there
     unless a test starts the fake server), with no credentials."""
     for key, value in kaggle_env(tmp_path / "kagglehub").items():
@@ -58,13 +36,6 @@ def env(tmp_path, monkeypatch, tiny_catalogue):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("VIT_HUB_CACHE", str(tmp_path / "vit_hub"))
     return tmp_path
-
-
-def cache_files(root):
-    return sorted(
-        os.path.relpath(os.path.join(folder, f), root)
-        for folder, _, files in os.walk(root) for f in files if not f.endswith(".lock")
-    )
 
 
 def test_cache_hit_in_kagglehub_cache_converts_without_network(env, tiny_saved_model):
@@ -95,7 +66,7 @@ def test_download_through_kagglehub_then_cache_hit(env, tiny_saved_model):
 def test_failing_server_leaves_both_caches_clean(env, tiny_saved_model, fault):
     options = {"send_md5": False} if fault == "corrupt" else {}
     with FakeKaggle({TINY_HANDLE: tiny_saved_model}, fault=fault, set_environ=False, **options):
-        with pytest.raises((DownloadError, vit_hub.weights.WeightsError)) as err:
+        with pytest.raises((DownloadError, vit_hub.WeightsError)) as err:
             vit_hub.load_pretrained("vit_tiny8_fe")
     assert "vit-tiny8-fe" in str(err.value) or "tiny" in str(err.value)
     assert cache_files(env / "vit_hub") == []
@@ -163,48 +134,15 @@ def test_unknown_name_and_hybrid(env):
     assert cache_files(env) == []
 
 
-# === The manifest ===
-
-
-def test_manifest_has_the_16_published_models():
-    models = manifest.load_manifest()
-    assert len(models) == 16
-    for arch in ("s16", "b8", "b16", "b32", "l16", "r26_s32_lightaug", "r26_s32_medaug", "r50_l32"):
-        for kind in ("fe", "classification"):
-            entry = models[f"vit_{arch}_{kind}"]
-            assert entry["handle"] == (
-                f"spsayakpaul/vision-transformer/tensorFlow2/vit-{arch.replace('_', '-')}-{kind}/1")
-            assert entry["image_size"] == 224 and entry["input_range"] == [-1.0, 1.0]
-    for name in ("vit_b8", "vit_b16", "vit_b32", "vit_s16", "vit_l16"):
-        for kind, top in (("fe", False), ("classification", True)):
-            entry = models[f"{name}_{kind}"]
-            model = vit_hub.create_vit(name, include_top=top, pooling="token")
-            assert entry["num_params"] == model.count_params()
-            assert entry["num_tensors"] == len(model.weights)
-            assert entry["output"]["shape"][1:] == list(model.output_shape[1:])
-
-
-def test_manifest_is_installed_with_the_package(tmp_path):
-    """The wheel carries the manifest itself (not a link), equal to the top-level file."""
-    import zipfile
-
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), REPO], check=True, cwd=tmp_path)
-    wheel = next(tmp_path.glob("vit_hub-*.whl"))
-    with zipfile.ZipFile(wheel) as archive:
-        shipped = archive.read("vit_hub/weights_manifest.json")
-    assert json.loads(shipped) == json.load(open(os.path.join(REPO, "weights_manifest.json")))
-
-
 # === End to end, as a user runs it: fresh processes, the real vit_b32_fe ===
 
 
 @pytest.fixture(scope="module")
 def b32_fe_saved_model(tmp_path_factory):
     """A full-size ViT-B/32 fe checkpoint in the published format (random weights)."""
-    config = hub_export.ARCHS["b32"]
-    params = hub_export.init_params(config, "fe", seed=0)
-    return hub_export.export_saved_model(params, config, "fe",
+    config = published_format.ARCHS["b32"]
+    params = published_format.init_params(config, "fe", seed=0)
+    return published_format.export_saved_model(params, config, "fe",
                                          str(tmp_path_factory.mktemp("b32") / "vit-b32-fe"))
 
 
@@ -234,7 +172,7 @@ def test_convert_weights_then_offline_load(b32_fe_saved_model, tmp_path):
                 {"VIT_HUB_CACHE": str(tmp_path / "empty"), "VIT_HUB_OFFLINE": "1"}, cwd=tmp_path)
     assert empty.returncode == 1
     last = empty.stderr.strip().splitlines()[-1]
-    assert last.startswith("vit_hub.cache.CacheError: vit_b32_fe is not in the vit_hub cache")
+    assert last.startswith("vit_hub.errors.CacheError: vit_b32_fe is not in the vit_hub cache")
     assert "tensorflow/python" not in empty.stderr
 
 

@@ -1,49 +1,170 @@
-"""vit_hub: the Kaggle / TF-Hub Vision Transformers as native Keras 3 models."""
+"""vit_hub: the Kaggle / TF-Hub Vision Transformers as native Keras 3 models.
+
+`import vit_hub` is light: the catalogue, the variant table and the errors load at once;
+everything that needs Keras (models, layers, loading) is imported on first use, so that
+`convert-weights --help` or a look at the catalogue never starts a deep-learning framework.
+"""
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from typing import TYPE_CHECKING
+
+from vit_hub.architecture import Architecture, list_variants, register_variant, variant_config
+from vit_hub.catalogue import ModelEntry, get_entry, list_models, register_model
+from vit_hub.errors import (
+    CacheError,
+    CatalogueError,
+    ConfigError,
+    ConversionError,
+    DownloadError,
+    ImageError,
+    ParityError,
+    UnsupportedModelError,
+    VitHubError,
+    WeightsError,
+)
 
 __version__ = "0.1.0"
 
-from vit_hub.layers import (
-    MLP,
-    ClassToken,
-    PatchEmbedding,
-    PositionEmbedding,
-    TokenPooling,
-    TransformerBlock,
-)
-from vit_hub.attention import (
-    attention_maps,
-    attention_rollout,
-    intermediate_outputs,
-    save_attention_overlay,
-)
-from vit_hub.manifest import list_models
-from vit_hub.model import FACTORIES, VisionTransformer, create_vit
-from vit_hub.preprocessing import decode_predictions, preprocess
-from vit_hub.pretrained import load_pretrained, load_weights
-from vit_hub.variants import list_variants, variant_config
+# Public names defined in modules that import Keras: name -> module.
+_LAZY = {
+    "load_pretrained": "vit_hub.pretrained",
+    "load_weights": "vit_hub.pretrained",
+    "preprocess": "vit_hub.preprocessing",
+    "decode_predictions": "vit_hub.preprocessing",
+    "attention_maps": "vit_hub.attention",
+    "attention_rollout": "vit_hub.attention",
+    "intermediate_outputs": "vit_hub.attention",
+    "save_attention_overlay": "vit_hub.attention",
+    "VisionTransformer": "vit_hub.model",
+    "create_vit": "vit_hub.model",
+    "create_vit_ti16": "vit_hub.model",
+    "create_vit_s16": "vit_hub.model",
+    "create_vit_s32": "vit_hub.model",
+    "create_vit_b8": "vit_hub.model",
+    "create_vit_b16": "vit_hub.model",
+    "create_vit_b32": "vit_hub.model",
+    "create_vit_l16": "vit_hub.model",
+    "create_vit_l32": "vit_hub.model",
+    "create_vit_h14": "vit_hub.model",
+    "create_vit_h16": "vit_hub.model",
+    "PatchEmbedding": "vit_hub.layers",
+    "ClassToken": "vit_hub.layers",
+    "PositionEmbedding": "vit_hub.layers",
+    "MLP": "vit_hub.layers",
+    "TransformerBlock": "vit_hub.layers",
+    "TokenPooling": "vit_hub.layers",
+}
 
-# create_vit_ti16(...), create_vit_s16(...), ..., create_vit_h16(...)
-globals().update(FACTORIES)
+if TYPE_CHECKING:  # what IDEs and static checkers see; at run time see __getattr__
+    from vit_hub.attention import (
+        attention_maps,
+        attention_rollout,
+        intermediate_outputs,
+        save_attention_overlay,
+    )
+    from vit_hub.layers import (
+        MLP,
+        ClassToken,
+        PatchEmbedding,
+        PositionEmbedding,
+        TokenPooling,
+        TransformerBlock,
+    )
+    from vit_hub.model import (
+        VisionTransformer,
+        create_vit,
+        create_vit_b8,
+        create_vit_b16,
+        create_vit_b32,
+        create_vit_h14,
+        create_vit_h16,
+        create_vit_l16,
+        create_vit_l32,
+        create_vit_s16,
+        create_vit_s32,
+        create_vit_ti16,
+    )
+    from vit_hub.preprocessing import decode_predictions, preprocess
+    from vit_hub.pretrained import load_pretrained, load_weights
 
 __all__ = [
-    "load_pretrained",
-    "load_weights",
+    "Architecture",
+    "ModelEntry",
     "list_models",
-    "preprocess",
-    "decode_predictions",
-    "attention_maps",
-    "attention_rollout",
-    "intermediate_outputs",
-    "save_attention_overlay",
-    "VisionTransformer",
-    "create_vit",
+    "get_entry",
+    "register_model",
     "list_variants",
+    "register_variant",
     "variant_config",
-    "PatchEmbedding",
-    "ClassToken",
-    "PositionEmbedding",
-    "MLP",
-    "TransformerBlock",
-    "TokenPooling",
-    *FACTORIES,
+    "VitHubError",
+    "ConfigError",
+    "ImageError",
+    "CatalogueError",
+    "UnsupportedModelError",
+    "WeightsError",
+    "ConversionError",
+    "ParityError",
+    "CacheError",
+    "DownloadError",
+    *_LAZY,
 ]
+
+
+def __getattr__(name):
+    """Imports a Keras-backed public name, or a submodule (`vit_hub.weights`), on first
+    use."""
+    if name in _LAZY:
+        if _LAZY[name] in _KERAS_MODULES:
+            importlib.import_module("vit_hub.model")  # the layers and the model, registered
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'vit_hub' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})
+
+
+_KERAS_MODULES = {"vit_hub.layers", "vit_hub.model"}  # they import Keras first thing
+
+
+def _register_keras_objects():
+    """Keras finds the classes of a `.keras` file by their registered names only, so
+    vit_hub's layers must be registered before any file is loaded, without the caller
+    having touched a model. Keras must be imported before anything is loaded: the
+    registration runs as soon as it is (now, if it already is)."""
+    if "keras" in sys.modules:
+        importlib.import_module("vit_hub.model")
+        return
+    class AfterKerasImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname != "keras":
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+            if spec is not None and spec.loader is not None:
+                run = spec.loader.exec_module
+
+                def exec_module(module):
+                    run(module)
+                    if self in sys.meta_path:
+                        sys.meta_path.remove(self)
+                    if not _KERAS_MODULES & set(sys.modules):
+                        importlib.import_module("vit_hub.model")
+                    # else one of them is importing Keras, half-initialised: it goes on
+                    # to register its classes itself, and importing it now would cycle.
+
+                spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, AfterKerasImport())
+
+
+_register_keras_objects()

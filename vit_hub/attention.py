@@ -5,6 +5,8 @@ Attention rollout: Abnar & Zuidema, "Quantifying Attention Flow in Transformers"
 
 import numpy as np
 
+from vit_hub.errors import ConfigError
+
 
 def attention_maps(model, images):
     """Every block's attention weights: a list of (B, heads, tokens, tokens) arrays,
@@ -25,7 +27,7 @@ def attention_rollout(maps, grid_size, head_fusion="mean"):
     adding the identity, and the per-block matrices are multiplied in order."""
     fuse = {"mean": np.mean, "max": np.max}.get(head_fusion)
     if fuse is None:
-        raise ValueError(f"head_fusion must be 'mean' or 'max', got {head_fusion!r}.")
+        raise ConfigError(f"head_fusion must be 'mean' or 'max', got {head_fusion!r}.")
     rollout = None
     for weights in maps:
         fused = fuse(np.asarray(weights, np.float64), axis=1)
@@ -35,7 +37,7 @@ def attention_rollout(maps, grid_size, head_fusion="mean"):
     flow = rollout[:, 0, 1:]
     rows, cols = grid_size
     if flow.shape[-1] != rows * cols:
-        raise ValueError(f"{flow.shape[-1]} patch tokens do not fit a {rows}x{cols} grid.")
+        raise ConfigError(f"{flow.shape[-1]} patch tokens do not fit a {rows}x{cols} grid.")
     flow = flow.reshape(-1, rows, cols)
     low = flow.min(axis=(1, 2), keepdims=True)
     high = flow.max(axis=(1, 2), keepdims=True)

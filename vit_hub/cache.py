@@ -7,19 +7,15 @@ recorded there matches the weights file. Writers hold the entry's lock; readers 
 lock and no write access (a read-only shared cache works).
 """
 
-import json
 import os
 
-from vit_hub.files import TEMPORARY_PREFIX, remove_temporaries, sha256
-from vit_hub.manifest import _NAME  # a model name is one path component, never '..'
+from vit_hub.catalogue import is_name
+from vit_hub.errors import CacheError, CatalogueError  # noqa: F401  (CacheError: its old home)
+from vit_hub.files import TEMPORARY_PREFIX, checksum_problem, read_json, remove_temporaries
 from vit_hub.weights import FORMAT_VERSION
 
 ENV_CACHE = "VIT_HUB_CACHE"
 ENV_OFFLINE = "VIT_HUB_OFFLINE"
-
-
-class CacheError(RuntimeError):
-    """The cache cannot give a usable entry (missing, corrupt, or not writable)."""
 
 
 def cache_root(cache_dir=None):
@@ -39,10 +35,10 @@ def is_offline(offline=None):
 
 
 def check_name(name):
-    """Raises ValueError unless `name` can be a cache folder name (lower-case letters,
+    """Raises CatalogueError (a ValueError) unless `name` can be a cache folder name (lower-case letters,
     digits, '_'): no path separators, no '..', so no path outside the cache is built."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(
+    if not is_name(name):
+        raise CatalogueError(
             f"{name!r} is not a model name: names are lower-case letters, digits and '_' "
             "(no '/', '\\' or '..'), e.g. 'vit_b32_fe'; see vit_hub.list_models()."
         )
@@ -70,34 +66,14 @@ class CacheEntry:
 
     def metadata(self):
         """The recorded metadata; None if there is none; {} if it is unreadable."""
-        try:
-            with open(self.metadata_path, encoding="utf-8") as f:
-                metadata = json.load(f)
-            return metadata if isinstance(metadata, dict) else {}
-        except (FileNotFoundError, NotADirectoryError):  # (a file in the way: no entry)
-            return None
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.metadata_path)
 
     def problem(self):
         """None if the entry is complete and verified; otherwise why it is not, as a
         sentence."""
-        metadata = self.metadata()
-        if metadata is None:
+        if self.metadata() is None:
             return f"there is no cache entry (no {self.metadata_path})"
-        if not isinstance(metadata.get("sha256"), str):
-            return (f"its metadata {self.metadata_path} is unreadable or has no sha256 "
-                    "(not valid JSON, or edited)")
-        try:
-            actual = sha256(self.weights_path)
-        except FileNotFoundError:
-            return f"its weights file {self.weights_path} is missing"
-        except OSError as err:
-            return f"its weights file {self.weights_path} cannot be read ({err})"
-        if actual != metadata["sha256"]:
-            return (f"the weights {self.weights_path} fail their sha256 check (corrupt "
-                    "or truncated)")
-        return None
+        return checksum_problem(self.weights_path, self.metadata_path)
 
     def state(self):
         """'missing', 'corrupt' (metadata unreadable, weights gone or checksum wrong) or

@@ -16,13 +16,11 @@ import os
 import shutil
 import tempfile
 
+from vit_hub.errors import ConfigError, ExportError, MissingDependencyError, OutputExistsError
+
 SIGNATURE_KEY = "serving_default"
 INPUT_KEY = "images"
 OUTPUT_KEY = "output_0"
-
-
-class ExportError(RuntimeError):
-    """The model cannot be exported as asked, or the export is not what it must be."""
 
 
 def export_saved_model(model, path, batch_size=None, overwrite=False):
@@ -104,7 +102,7 @@ def export_onnx(model, path, batch_size=None, opset=None):
         import onnx
         import tf2onnx  # noqa: F401  (Keras imports it; fail early with a clear message)
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             f"export_onnx needs the optional packages tf2onnx and onnx ({err}). Install "
             "them with `pip install tf2onnx onnx` (checked: tf2onnx 1.17.0, onnx 1.23.2)."
         ) from None
@@ -169,7 +167,7 @@ def _input_spec(model, batch_size):
         raise ExportError(f"{model.name} takes inputs of shape {shape}; the export needs "
                           "a fixed (height, width, channels).")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}.")
+        raise ConfigError(f"batch_size must be a positive int or None, got {batch_size!r}.")
     return tf.TensorSpec((batch_size, *shape), tf.float32, name=INPUT_KEY)
 
 
@@ -245,7 +243,7 @@ def _refuse_existing(path, overwrite):
     if os.path.isdir(path) and not os.listdir(path):
         return  # an empty folder is taken over
     kind = "folder" if os.path.isdir(path) else "file"
-    raise FileExistsError(f"{path} exists and is a non-empty {kind}; export elsewhere, "
+    raise OutputExistsError(f"{path} exists and is a non-empty {kind}; export elsewhere, "
                           "remove it, or pass overwrite=True to replace it.")
 
 

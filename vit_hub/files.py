@@ -3,6 +3,7 @@
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import tempfile
 
@@ -106,3 +107,38 @@ def sha256(path, chunk=1 << 20):
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_json(path):
+    """The JSON object in `path`; None if there is no such file; {} if it is unreadable
+    or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+        return value if isinstance(value, dict) else {}
+    except (FileNotFoundError, NotADirectoryError):  # (a file in the way: none there)
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def checksum_problem(weights_path, metadata_path):
+    """None when the weights file matches the sha256 recorded in its metadata JSON;
+    otherwise why not, as a phrase. The one integrity check of every load, for cache
+    entries and for files given by path alike."""
+    metadata = read_json(metadata_path)
+    if metadata is None:
+        return f"its metadata {metadata_path} is missing"
+    if not isinstance(metadata.get("sha256"), str):
+        return (f"its metadata {metadata_path} is unreadable or has no sha256 (not valid "
+                "JSON, or edited)")
+    try:
+        actual = sha256(weights_path)
+    except FileNotFoundError:
+        return f"its weights file {weights_path} is missing"
+    except OSError as err:
+        return f"its weights file {weights_path} cannot be read ({err})"
+    if actual != metadata["sha256"]:
+        return (f"the weights {weights_path} fail their sha256 check against "
+                f"{metadata_path} (corrupt, truncated or changed)")
+    return None

@@ -11,6 +11,8 @@ import threading
 import keras
 from keras import ops
 
+from vit_hub.errors import ConfigError
+
 _PACKAGE = "vit_hub"
 _SKIP_INIT = threading.local()
 
@@ -170,7 +172,7 @@ class TransformerBlock(keras.layers.Layer):
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
         if hidden_dim % num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})."
             )
         policy = self.dtype_policy
@@ -232,7 +234,7 @@ class TokenPooling(keras.layers.Layer):
     def __init__(self, mode="token", **kwargs):
         super().__init__(**kwargs)
         if mode not in self.MODES:
-            raise ValueError(f"pooling must be one of {self.MODES} or None, got {mode!r}.")
+            raise ConfigError(f"pooling must be one of {self.MODES} or None, got {mode!r}.")
         self.mode = mode
 
     def call(self, tokens):

@@ -15,21 +15,15 @@ from vit_hub.layers import (
     TokenPooling,
     TransformerBlock,
 )
-from vit_hub.variants import list_variants, variant_config
-
-
-def _image_hw(image_size):
-    if isinstance(image_size, int):
-        return image_size, image_size
-    height, width = image_size
-    return int(height), int(width)
+from vit_hub.architecture import image_hw, variant_config
+from vit_hub.errors import ConfigError
 
 
 def _check_image_size(image_size, patch_size):
-    height, width = _image_hw(image_size)
-    if height <= 0 or width <= 0 or height % patch_size or width % patch_size:
-        multiples = ", ".join(str(patch_size * k) for k in (7, 14, 16, 24) if patch_size * k)
-        raise ValueError(
+    height, width = image_hw(image_size)
+    if height % patch_size or width % patch_size:
+        multiples = ", ".join(str(patch_size * k) for k in (7, 14, 16, 24))
+        raise ConfigError(
             f"image_size {height}x{width} is not a positive multiple of the patch size "
             f"{patch_size}: the patch grid must tile the image exactly. Resize the images "
             f"or pick a multiple of {patch_size} (e.g. {multiples})."
@@ -44,7 +38,7 @@ class VisionTransformer(keras.Model):
     Args:
         image_size: int or (height, width), each a multiple of `patch_size`.
         patch_size, hidden_dim, num_layers, num_heads, mlp_dim: the architecture
-            (see `vit_hub.variants`).
+            (see `vit_hub.architecture`).
         include_top: with a classification head producing logits (B, num_classes).
         num_classes: classes of the head.
         pooling: without top: None gives all tokens (B, 1 + patches, hidden_dim) after
@@ -255,14 +249,56 @@ def create_vit(
     )
 
 
-def _factory(variant):
-    def factory(**kwargs):
-        return create_vit(variant, **kwargs)
-
-    factory.__name__ = factory.__qualname__ = f"create_{variant}"
-    factory.__doc__ = f"Builds `{variant}`: `create_vit('{variant}', **kwargs)`."
-    return factory
+# One factory per published variant, as timm and keras-hub offer them: visible to help(),
+# IDEs and `from vit_hub import create_vit_b16`. Variants registered later are built
+# with create_vit(name).
 
 
-# create_vit_ti16, create_vit_s16, ..., create_vit_h16
-FACTORIES = {f"create_{variant}": _factory(variant) for variant in list_variants()}
+def create_vit_ti16(**kwargs):
+    """ViT-Ti/16 (width 192, 12 blocks, 3 heads): `create_vit('vit_ti16', **kwargs)`."""
+    return create_vit("vit_ti16", **kwargs)
+
+
+def create_vit_s16(**kwargs):
+    """ViT-S/16 (width 384, 12 blocks, 6 heads): `create_vit('vit_s16', **kwargs)`."""
+    return create_vit("vit_s16", **kwargs)
+
+
+def create_vit_s32(**kwargs):
+    """ViT-S/32 (width 384, 12 blocks, 6 heads): `create_vit('vit_s32', **kwargs)`."""
+    return create_vit("vit_s32", **kwargs)
+
+
+def create_vit_b8(**kwargs):
+    """ViT-B/8 (width 768, 12 blocks, 12 heads): `create_vit('vit_b8', **kwargs)`."""
+    return create_vit("vit_b8", **kwargs)
+
+
+def create_vit_b16(**kwargs):
+    """ViT-B/16 (width 768, 12 blocks, 12 heads): `create_vit('vit_b16', **kwargs)`."""
+    return create_vit("vit_b16", **kwargs)
+
+
+def create_vit_b32(**kwargs):
+    """ViT-B/32 (width 768, 12 blocks, 12 heads): `create_vit('vit_b32', **kwargs)`."""
+    return create_vit("vit_b32", **kwargs)
+
+
+def create_vit_l16(**kwargs):
+    """ViT-L/16 (width 1024, 24 blocks, 16 heads): `create_vit('vit_l16', **kwargs)`."""
+    return create_vit("vit_l16", **kwargs)
+
+
+def create_vit_l32(**kwargs):
+    """ViT-L/32 (width 1024, 24 blocks, 16 heads): `create_vit('vit_l32', **kwargs)`."""
+    return create_vit("vit_l32", **kwargs)
+
+
+def create_vit_h14(**kwargs):
+    """ViT-H/14 (width 1280, 32 blocks, 16 heads): `create_vit('vit_h14', **kwargs)`."""
+    return create_vit("vit_h14", **kwargs)
+
+
+def create_vit_h16(**kwargs):
+    """ViT-H/16 (width 1280, 32 blocks, 16 heads): `create_vit('vit_h16', **kwargs)`."""
+    return create_vit("vit_h16", **kwargs)

@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from vit_hub.errors import ImageError, ImageTypeError, MissingFileError
+
 
 def preprocess(images, image_size=224, crop_fraction=None):
     """Images -> float32 (B, height, width, 3) in [-1, 1], as the checkpoints expect.
@@ -24,7 +26,7 @@ def preprocess(images, image_size=224, crop_fraction=None):
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     batch = [_resize(image, size, crop_fraction) for image in _as_images(images)]
     if not batch:
-        raise ValueError("preprocess got no images.")
+        raise ImageError("preprocess got no images.")
     return (np.stack(batch) * 2.0 - 1.0).astype(np.float32)
 
 
@@ -53,18 +55,18 @@ def _read(path):
     import tensorflow as tf
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No image file at {path}.")
+        raise MissingFileError(f"No image file at {path}.")
     try:
         image = tf.io.decode_image(tf.io.read_file(os.fspath(path)), channels=3,
                                    expand_animations=False)
     except tf.errors.InvalidArgumentError:
-        raise ValueError(f"{path} is not a readable JPEG, PNG, GIF or BMP image.") from None
+        raise ImageError(f"{path} is not a readable JPEG, PNG, GIF or BMP image.") from None
     return image.numpy().astype(np.float32) / 255.0
 
 
 def _check_array(array, what):
     if array.ndim != 3:
-        raise ValueError(
+        raise ImageError(
             f"{what} has shape {array.shape}: expected (height, width, 3) or a batch "
             "(batch, height, width, 3)."
         )
@@ -72,17 +74,17 @@ def _check_array(array, what):
         hint = ("grayscale: repeat it to 3 channels, np.repeat(image, 3, axis=-1)"
                 if array.shape[-1] == 1 else "drop the extra channels, e.g. image[..., :3]"
                 if array.shape[-1] == 4 else "images must be RGB, channels last")
-        raise ValueError(f"{what} has {array.shape[-1]} channels, expected 3 (RGB): {hint}.")
+        raise ImageError(f"{what} has {array.shape[-1]} channels, expected 3 (RGB): {hint}.")
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if not np.issubdtype(array.dtype, np.floating):
-        raise TypeError(
+        raise ImageTypeError(
             f"{what} has dtype {array.dtype}: pass uint8 (0..255) or floats in [0, 1]."
         )
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{what} contains NaN or infinite values.")
+        raise ImageError(f"{what} contains NaN or infinite values.")
     if array.min() < 0.0 or array.max() > 1.0:
-        raise ValueError(
+        raise ImageError(
             f"{what} is float with values in [{array.min():.3g}, {array.max():.3g}]: float "
             "images must be in [0, 1] (pass uint8 for 0..255; vit_hub.preprocess does the "
             "scaling to [-1, 1] itself)."
@@ -113,7 +115,7 @@ def decode_predictions(logits, top=5):
     """Logits (B, 1000) -> per image, the `top` [(WordNet id, class names, probability)]."""
     logits = np.asarray(logits, np.float64)
     if logits.ndim != 2 or logits.shape[-1] != 1000:
-        raise ValueError(
+        raise ImageError(
             f"decode_predictions expects ImageNet logits of shape (batch, 1000), got "
             f"{logits.shape}; a model with another head has no ImageNet class names."
         )

@@ -2,24 +2,17 @@
 
 A cache hit reads one HDF5 file after checking its sha256: no network, and neither
 tensorflow_hub nor kagglehub is imported. A miss downloads through kagglehub, converts,
-checks parity against the hub model and caches, under a file lock (see converters).
+checks parity against the hub model and caches, under a file lock (see vit_hub.conversion).
 """
 
 import os
 import warnings
 
-from vit_hub.cache import CacheEntry, CacheError, is_offline
-from vit_hub.files import sha256
-from vit_hub.manifest import architecture_for, get_entry
-from vit_hub.layers import weights_to_be_loaded
-from vit_hub.model import VisionTransformer
-from vit_hub.weights import (
-    WeightsError,
-    assign,
-    native_variables,
-    read_weights_file,
-    resample_position_embeddings,
-)
+from vit_hub.cache import CacheEntry, is_offline
+from vit_hub.catalogue import get_entry
+from vit_hub.errors import CacheError, WeightsError
+from vit_hub.files import checksum_problem
+from vit_hub.weights import build_model, read_weights_file
 
 
 def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights=None,
@@ -46,15 +39,16 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
                 class token. `include_top=False` on a classification model drops it.
     """
     entry = get_entry(name)
-    published = architecture_for(entry)  # no converter: fails here, before any download
+    published = entry.architecture  # no converter: fails here, before any download
     if weights is not None:
         path = os.fspath(weights)
         _check_sidecar_checksum(path)  # before a byte of it is parsed
     else:
-        path = cached_weights(name, entry, cache_dir, offline)  # sha256 checked
+        path = cached_weights(name, cache_dir, offline)  # sha256 checked
     tensors, architecture = read_weights_file(path)
-    _check_architecture(name, entry, published, architecture, path)
-    model = _assemble(tensors, architecture, path, {"name": name, **model_kwargs})
+    _check_architecture(entry, published, architecture, path)
+    model = build_model(tensors, architecture, f"weights file {path}",
+                        **{"name": name, **model_kwargs})
     if verify:
         _verify(model, entry)
     return model
@@ -70,10 +64,10 @@ def load_weights(path, **model_kwargs):
     path = os.fspath(path)
     _check_sidecar_checksum(path)
     tensors, architecture = read_weights_file(path)
-    return _assemble(tensors, architecture, path, model_kwargs)
+    return build_model(tensors, architecture, f"weights file {path}", **model_kwargs)
 
 
-def cached_weights(name, entry, cache_dir=None, offline=None):
+def cached_weights(name, cache_dir=None, offline=None):
     """The path of `name`'s verified weights in the cache, converting on a miss."""
     cache = CacheEntry(name, cache_dir)
     problem = cache.problem()  # hashes the weights: once per load
@@ -89,10 +83,10 @@ def cached_weights(name, entry, cache_dir=None, offline=None):
                              f"--source DIR.")
         warnings.warn(message + " Converting again.", stacklevel=3)
     if offline:
-        from converters.pipeline import offline_message
+        from vit_hub.conversion.pipeline import offline_message
 
         raise CacheError(offline_message(name, cache))
-    from converters.pipeline import convert_into_cache
+    from vit_hub.conversion.pipeline import convert_into_cache
 
     # Not forced: the pipeline re-checks the entry under the lock, so an entry that a
     # concurrent process has just written is reused, and a corrupt one is replaced.
@@ -105,8 +99,6 @@ def cached_weights(name, entry, cache_dir=None, offline=None):
 
 def _check_sidecar_checksum(path):
     """A weights file given by path is checked against its metadata, if it has one."""
-    import json
-
     if not os.path.isfile(path):
         raise WeightsError(f"No weights file at {path}"
                            + (" (it is a folder)" if os.path.isdir(path) else "")
@@ -115,88 +107,27 @@ def _check_sidecar_checksum(path):
     metadata_path = os.path.splitext(path)[0] + ".json"
     if not os.path.exists(metadata_path):
         return
-    try:
-        with open(metadata_path, encoding="utf-8") as f:
-            metadata = json.load(f)
-        expected = metadata.get("sha256") if isinstance(metadata, dict) else None
-        if not isinstance(expected, str):
-            raise ValueError("no sha256 field")
-    except (OSError, ValueError) as err:
-        raise WeightsError(
-            f"The metadata {metadata_path} beside {path} is unreadable ({err}), so the "
-            "weights cannot be verified; they are not loaded. Convert them again, or "
-            "remove the .json to load the file unchecked."
-        ) from None
-    if expected != sha256(path):
-        raise WeightsError(f"{path} does not match the sha256 in {metadata_path}: it is "
-                           "corrupt or was changed. Convert it again.")
+    problem = checksum_problem(path, metadata_path)
+    if problem:
+        raise WeightsError(f"{path} cannot be verified: {problem}; they are not loaded. "
+                           "Convert them again, or remove the .json to load the file "
+                           "unchecked.")
 
 
-_SHAPE_KEYS = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
-
-
-def _check_architecture(name, entry, published, architecture, path):
-    """The weights file must hold `name`'s network (a file of another model would
+def _check_architecture(entry, published, architecture, path):
+    """The weights file must hold the entry's network (a file of another model would
     otherwise build that other model under this name)."""
-    def sketch(arch):
-        return ", ".join(f"{k} {arch.get(k)}" for k in _SHAPE_KEYS)
-
-    if not isinstance(architecture, dict):
-        raise WeightsError(f"{path} has no readable architecture record: it is not a "
-                           f"vit_hub weights file of this version. Convert it again.")
-    found = {k: architecture.get(k) for k in _SHAPE_KEYS}
-    wanted = {k: published[k] for k in _SHAPE_KEYS}
-    head = bool(architecture.get("include_top"))
-    if found != wanted or head != (entry["kind"] == "classification"):
+    found = architecture.replace(image_size=published.image_size)  # any size loads
+    if found.replace(num_classes=published.num_classes) != published:
         raise WeightsError(
-            f"{path} holds another network than {name}: {sketch(found)}, "
-            f"{'with' if head else 'without'} head; {name} is {sketch(wanted)}, "
-            f"{'with' if entry['kind'] == 'classification' else 'without'} head. Pass the "
-            f"weights converted for {name} (convert-weights {name})."
+            f"{path} holds another network than {entry.name}: "
+            f"{found.describe('it')}; {entry.name} is {published.describe('it')}. Pass the "
+            f"weights converted for {entry.name} (convert-weights {entry.name})."
         )
-
-
-def _assemble(tensors, architecture, path, model_kwargs):
-    """The model of `architecture` (changed by `model_kwargs`) filled from `tensors`."""
-    config = dict(architecture)
-    if not config["include_top"]:
-        config["pooling"] = "token"  # as the fe hub models: the class token
-    config.update(model_kwargs)
-    with weights_to_be_loaded():  # every weight is assigned below, or a fresh head's zeros
-        model = VisionTransformer(**config)
-    tensors, names = _fit(tensors, architecture, model)
-    assign(model, tensors, source=f"weights file {path}", names=names)
-    return model
-
-
-def _fit(tensors, architecture, model):
-    """Adapts the stored tensors to `model`: position embeddings resampled to its grid,
-    the head dropped or left fresh where the model's differs. Returns the tensors and the
-    {key: native path} of those to assign."""
-    tensors = dict(tensors)
-    key = "position_embedding/embeddings"
-    height, width = architecture["image_size"]
-    old_grid = (height // architecture["patch_size"], width // architecture["patch_size"])
-    if old_grid != model.grid_size:
-        tensors[key] = resample_position_embeddings(tensors[key], old_grid, model.grid_size)
-        warnings.warn(
-            f"{model.name}: position embeddings resampled from a {old_grid[0]}x{old_grid[1]} "
-            f"to a {model.grid_size[0]}x{model.grid_size[1]} patch grid (image size "
-            f"{model.image_size[0]}x{model.image_size[1]}). The weights were trained at "
-            f"{height}x{width}: fine-tune at the new size for full accuracy.",
-            stacklevel=3,
-        )
-    new_head = model.include_top and (
-        not architecture["include_top"] or model.num_classes != architecture["num_classes"]
-    )
-    if new_head or not model.include_top:
-        tensors = {k: v for k, v in tensors.items() if not k.startswith("head/")}
-    names = {k: k for k in native_variables(model) if not (new_head and k.startswith("head/"))}
-    return tensors, names
 
 
 def _verify(model, entry):
-    from converters.download import download
-    from converters.parity import check_parity
+    from vit_hub.conversion.download import download
+    from vit_hub.conversion.parity import check_parity
 
-    check_parity(model, download(entry["handle"]))
+    check_parity(model, download(entry.handle))

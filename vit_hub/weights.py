@@ -10,17 +10,16 @@ new head) or reshape one (position embeddings at another image size).
 
 import json
 import os
+import warnings
 
 import numpy as np
 
+from vit_hub.architecture import Architecture
+from vit_hub.errors import WeightsError
 from vit_hub.files import atomic_path
 
 FORMAT = "vit_hub.weights"
 FORMAT_VERSION = 1
-
-
-class WeightsError(ValueError):
-    """Weights do not fit the model they are loaded into, or cannot be read."""
 
 
 def flatten(tree, prefix=""):
@@ -41,17 +40,6 @@ def native_variables(model):
             start = variable.path.find(layer.name + "/")
             variables[variable.path[max(start, 0):]] = variable
     return variables
-
-
-def describe(model):
-    return describe_architecture(architecture(model), model.name)
-
-
-def describe_architecture(arch, name="the model"):
-    return (
-        f"{name} ({arch['num_layers']} blocks, hidden {arch['hidden_dim']}, "
-        f"patch {arch['patch_size']}, {'with' if arch['include_top'] else 'without'} head)"
-    )
 
 
 def fit_problems(tensors, expected, source="checkpoint"):
@@ -91,38 +79,21 @@ def assign(model, tensors, source="weights file", names=None):
     variables = native_variables(model)
     names = names if names is not None else {path: path for path in variables}
     expected = {key: tuple(variables[native].shape) for key, native in names.items()}
-    raise_problems(describe(model), fit_problems(tensors, expected, source), source)
+    what = Architecture.of(model).describe(model.name)
+    raise_problems(what, fit_problems(tensors, expected, source), source)
     for key, native in names.items():
         variables[native].assign(np.asarray(tensors[key], np.float32))
-
-
-def architecture(model):
-    """The config fields that decide the shapes of the weights."""
-    return {k: model.get_config()[k] for k in ARCHITECTURE_KEYS}
-
-
-def normalized_architecture(kwargs, include_top):
-    """ARCHITECTURE_KEYS from VisionTransformer kwargs, as `architecture(model)` gives them."""
-    size = kwargs["image_size"]
-    height, width = (size, size) if isinstance(size, int) else size
-    return {**{k: kwargs[k] for k in ARCHITECTURE_KEYS if k in kwargs},
-            "image_size": [int(height), int(width)], "include_top": bool(include_top),
-            "num_classes": kwargs.get("num_classes", 1000)}
-
-
-ARCHITECTURE_KEYS = ("image_size", "patch_size", "hidden_dim", "num_layers", "num_heads",
-                     "mlp_dim", "include_top", "num_classes")
 
 
 def save_weights_file(model, path):
     """Writes `model`'s weights to `path` atomically (temporary file, then rename)."""
     variables = native_variables(model)
-    return write_weights_file(path, {k: v.numpy() for k, v in variables.items()},
-                              architecture(model))
+    return write_weights_file(path, {k: np.asarray(v) for k, v in variables.items()},
+                              Architecture.of(model))
 
 
-def write_weights_file(path, tensors, arch):
-    """Writes `{canonical path: array-like}` and the architecture to `path` atomically.
+def write_weights_file(path, tensors, architecture):
+    """Writes `{canonical path: array-like}` and the Architecture to `path` atomically.
     Tensors are materialised one at a time (`np.asarray`), so a lazy source streams
     through with one tensor in memory."""
     import h5py
@@ -131,14 +102,14 @@ def write_weights_file(path, tensors, arch):
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["architecture"] = json.dumps(arch)
+            f.attrs["architecture"] = json.dumps(architecture.to_dict())
             for name, tensor in tensors.items():
                 f.create_dataset(name, data=np.asarray(tensor, np.float32))
     return os.fspath(path)
 
 
 def read_weights_file(path):
-    """({canonical path: array}, architecture dict) from a converted-weights file."""
+    """({canonical path: array}, Architecture) from a converted-weights file."""
     import h5py
 
     try:
@@ -156,10 +127,15 @@ def read_weights_file(path):
                 lambda name, item: tensors.__setitem__(name, item[()])
                 if isinstance(item, h5py.Dataset) else None
             )
-            return tensors, json.loads(f.attrs["architecture"])
+            record = f.attrs["architecture"]
     except (OSError, KeyError) as err:
         raise WeightsError(f"Cannot read weights file {path}: {err}. It is truncated or "
                            "corrupt: convert it again.") from None
+    try:
+        return tensors, Architecture.from_dict(json.loads(record))
+    except (ValueError, TypeError) as err:  # ConfigError and JSON errors are ValueErrors
+        raise WeightsError(f"{path} has no readable architecture record ({err}): it is not "
+                           "a vit_hub weights file of this version. Convert it again.") from None
 
 
 def resample_position_embeddings(embeddings, old_grid, new_grid):
@@ -175,3 +151,47 @@ def resample_position_embeddings(embeddings, old_grid, new_grid):
     grid = embeddings[0, 1:].reshape(old_rows, old_cols, -1)
     resized = tf.image.resize(grid, (new_rows, new_cols), method="bicubic").numpy()
     return np.concatenate([embeddings[:, :1], resized.reshape(1, new_rows * new_cols, -1)], 1)
+
+
+def build_model(tensors, architecture, source, **model_kwargs):
+    """The one way a model is made from weights, for loading and for conversion's check:
+    the `VisionTransformer` of `architecture` (changed by `model_kwargs`: another image
+    size, head or dtype) filled from `{native path: array}`, all or nothing. Models
+    without head return the class token, as the published fe models do."""
+    from vit_hub.model import VisionTransformer  # (imports the layers, registering all)
+    from vit_hub.layers import weights_to_be_loaded
+
+    config = architecture.to_dict()
+    if not architecture.include_top:
+        config["pooling"] = "token"
+    config.update(model_kwargs)
+    with weights_to_be_loaded():  # every weight is assigned below, or a fresh head's zeros
+        model = VisionTransformer(**config)
+    tensors, names = _fit(tensors, architecture, model)
+    assign(model, tensors, source=source, names=names)
+    return model
+
+
+def _fit(tensors, architecture, model):
+    """Adapts the stored tensors to `model`: position embeddings resampled to its grid,
+    the head dropped or left fresh where the model's differs. Returns the tensors and the
+    {key: native path} of those to assign."""
+    tensors = dict(tensors)
+    key = "position_embedding/embeddings"
+    old_grid = architecture.grid_size
+    if old_grid != model.grid_size and key in tensors:
+        tensors[key] = resample_position_embeddings(tensors[key], old_grid, model.grid_size)
+        height, width = architecture.image_size
+        warnings.warn(
+            f"{model.name}: position embeddings resampled from a {old_grid[0]}x{old_grid[1]} "
+            f"to a {model.grid_size[0]}x{model.grid_size[1]} patch grid (image size "
+            f"{model.image_size[0]}x{model.image_size[1]}). The weights were trained at "
+            f"{height}x{width}: fine-tune at the new size for full accuracy.",
+            stacklevel=4,
+        )
+    new_head = model.include_top and (
+        not architecture.include_top or model.num_classes != architecture.num_classes)
+    if new_head or not model.include_top:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("head/")}
+    names = {k: k for k in native_variables(model) if not (new_head and k.startswith("head/"))}
+    return tensors, names

@@ -11,13 +11,9 @@ import dataclasses
 
 import numpy as np
 
-from converters import ConversionError
+from vit_hub.errors import ParityError
 
 TOLERANCE = 1e-4
-
-
-class ParityError(ConversionError):
-    """The converted model does not reproduce the hub model's outputs."""
 
 
 @dataclasses.dataclass

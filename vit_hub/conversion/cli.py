@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from converters.pipeline import STEPS
+from vit_hub.conversion.pipeline import STEPS
 
 
 def parse_args(argv):
@@ -54,18 +54,19 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from vit_hub.manifest import get_entry, list_models
+    from vit_hub.catalogue import get_entry, list_models
+    from vit_hub.errors import VitHubError
 
     if args.list:
         return print_list(list_models(), args.cache_dir)
     if args.all:
-        names = [n for n in list_models() if get_entry(n).get("converter")]
+        names = [n for n in list_models() if get_entry(n).converter]
     else:
         names = args.names
         for name in names:
             try:
                 get_entry(name)
-            except ValueError as err:
+            except VitHubError as err:
                 print(f"convert-weights: {err}", file=sys.stderr)
                 return 2
     rows = [convert_one(name, args) for name in names]
@@ -76,8 +77,9 @@ def main(argv=None):
 def convert_one(name, args):
     from tqdm import tqdm
 
-    from converters.pipeline import convert_into_cache
     from vit_hub.cache import CacheEntry, is_offline
+    from vit_hub.conversion.pipeline import convert_into_cache
+    from vit_hub.errors import VitHubError
 
     entry = CacheEntry(name, args.cache_dir)
     steps = []  # none when the entry was complete (also if another process made it)
@@ -96,7 +98,7 @@ def convert_one(name, args):
                 verify=not args.no_verify, force=args.force, offline=is_offline(),
                 output=args.output, progress=progress,
             )
-        except (ValueError, RuntimeError, OSError) as err:  # NotImplementedError too
+        except VitHubError as err:
             bar.close()
             print(f"convert-weights: {name}: {err}", file=sys.stderr)
             return [name, "FAILED", "-", f"{time.perf_counter() - start:.1f}", "-"]
@@ -112,14 +114,14 @@ def convert_one(name, args):
 
 def print_list(names, cache_dir):
     from vit_hub.cache import CacheEntry
-    from vit_hub.manifest import get_entry
+    from vit_hub.catalogue import get_entry
 
     rows = []
     for name in names:
         entry, cache = get_entry(name), CacheEntry(name, cache_dir)
-        state = cache.state() if entry.get("converter") else "no converter yet"
+        state = cache.state() if entry.converter else "no converter yet"
         parity = (cache.metadata() or {}).get("parity") if state == "ok" else None
-        rows.append([name, entry["handle"], state,
+        rows.append([name, entry.handle, state,
                      f"{parity['max_abs']:.2e}" if isinstance(parity, dict) else "-"])
     print_table(["model", "kaggle handle", "cache", "parity max abs"], rows)
     return 0

@@ -5,18 +5,17 @@ import datetime
 import json
 import os
 
-from converters import ConversionError
-from converters.hub_saved_model import read_hub_saved_model
-from converters.name_map import assign_linen, linen_shapes, linen_to_native
-from converters.npz import read_npz
-from converters.parity import ParityReport, check_parity
-from vit_hub.weights import describe_architecture
+from vit_hub.errors import ConversionError
+from vit_hub.conversion.hub_saved_model import read_hub_saved_model
+from vit_hub.conversion.name_map import linen_shapes, to_native
+from vit_hub.conversion.npz import read_npz
+from vit_hub.conversion.parity import ParityReport, check_parity
 
 
 @dataclasses.dataclass
 class Conversion:
     tensors: dict  # {Linen path: array or LazyTensor}, names and shapes checked
-    architecture: dict  # as vit_hub.weights.architecture() records it
+    architecture: object  # vit_hub.Architecture
     source: str
     parity: ParityReport | None = None
     model: object = None  # the native model, built only to verify
@@ -34,27 +33,25 @@ def source_format(source):
     )
 
 
-def convert(source, architecture, include_top, *, verify=True, reference=None,
-            progress=None):
-    """Reads `source` for `architecture` (VisionTransformer kwargs), checking every name
+def convert(source, architecture, *, verify=True, reference=None, progress=None):
+    """Reads `source` for `architecture` (an Architecture), checking every name
     and shape and, when `verify`, builds the native model and checks it against the hub
     SavedModel (`source` itself, or `reference` for an npz source). Without `verify` no
     model is built and tensors stay lazy, so writing streams them one at a time.
     Raises ConversionError / ParityError. `progress(step)` gets 'convert', 'verify'."""
-    from vit_hub.weights import fit_problems, normalized_architecture, raise_problems
+    from vit_hub.weights import fit_problems, raise_problems
 
     step = progress or (lambda _: None)
     step("convert")
     source = os.fspath(source)
-    arch = normalized_architecture(architecture, include_top)
     if source_format(source) == "saved_model":
-        tensors = read_hub_saved_model(source, architecture, include_top)
+        tensors = read_hub_saved_model(source, architecture)
         reference = reference or source
     else:
-        tensors = read_npz(source, include_top)
-    problems = fit_problems(tensors, linen_shapes(architecture, include_top), "checkpoint")
-    raise_problems(describe_architecture(arch), problems, f"checkpoint {source}", ConversionError)
-    conversion = Conversion(tensors, arch, source)
+        tensors = read_npz(source, architecture.include_top)
+    problems = fit_problems(tensors, linen_shapes(architecture), "checkpoint")
+    raise_problems(architecture.describe(), problems, f"checkpoint {source}", ConversionError)
+    conversion = Conversion(tensors, architecture, source)
     step("verify")
     if verify:
         if reference is None:
@@ -62,20 +59,12 @@ def convert(source, architecture, include_top, *, verify=True, reference=None,
                 f"Cannot verify {source}: an npz has no hub outputs to compare with. Pass "
                 "the hub SavedModel as reference, or skip verification (--no-verify)."
             )
-        conversion.model = build_model(arch, tensors)
+        from vit_hub.weights import build_model
+
+        native = to_native(tensors, architecture)
+        conversion.model = build_model(native, architecture, f"checkpoint {source}")
         conversion.parity = check_parity(conversion.model, reference)
     return conversion
-
-
-def build_model(arch, tensors):
-    """The native model of `arch` filled with `tensors` (Linen paths). fe models output
-    the class token after the final norm, (B, hidden_dim), as the hub models do."""
-    from vit_hub import VisionTransformer
-
-    pooling = None if arch["include_top"] else "token"
-    model = VisionTransformer(pooling=pooling, **arch)
-    assign_linen(model, tensors)
-    return model
 
 
 def write_converted(conversion, weights_path, name, extra=None):
@@ -85,16 +74,14 @@ def write_converted(conversion, weights_path, name, extra=None):
     from vit_hub.files import sha256, write_text
     from vit_hub.weights import FORMAT_VERSION, write_weights_file
 
-    names = linen_to_native(conversion.architecture["num_layers"],
-                            conversion.architecture["include_top"])
-    native = {names[linen]: tensor for linen, tensor in conversion.tensors.items()}
+    native = to_native(conversion.tensors, conversion.architecture)
     write_weights_file(weights_path, native, conversion.architecture)
     metadata = {
         "name": name,
         "format_version": FORMAT_VERSION,
         "weights_file": os.path.basename(weights_path),
         "sha256": sha256(weights_path),
-        "architecture": conversion.architecture,
+        "architecture": conversion.architecture.to_dict(),
         "source": conversion.source,
         "parity": dataclasses.asdict(conversion.parity) if conversion.parity else None,
         "vit_hub_version": vit_hub.__version__,

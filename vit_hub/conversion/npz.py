@@ -4,8 +4,8 @@ import zipfile
 
 import numpy as np
 
-from converters.name_map import original_to_linen
-from converters import ConversionError
+from vit_hub.conversion.name_map import original_to_linen
+from vit_hub.errors import ConversionError
 
 
 def read_npz(path, include_top):

@@ -16,23 +16,22 @@ import tempfile
 
 import numpy as np
 
-from converters import ConversionError
-from converters.convert import convert, metadata_path, write_converted
-from converters.parity import ParityError
-from vit_hub.cache import CacheEntry, CacheError
+from vit_hub.cache import CacheEntry
+from vit_hub.catalogue import get_entry
+from vit_hub.conversion.convert import convert, metadata_path, write_converted
+from vit_hub.errors import CacheError, ConversionError, ParityError
 from vit_hub.files import is_disk_full, sync_folder
-from vit_hub.manifest import architecture_for, get_entry
 
 STEPS = ("download", "convert", "verify", "write")
 
 
-def offline_message(name, entry):
+def offline_message(name, cache):
     return (
-        f"{name} is not in the vit_hub cache ({entry.folder}) and offline mode is on "
+        f"{name} is not in the vit_hub cache ({cache.folder}) and offline mode is on "
         f"(VIT_HUB_OFFLINE=1 or offline=True), so nothing is downloaded. Fill the cache "
         f"first: on a machine with network run `convert-weights {name} --cache-dir "
-        f"{entry.root}`, or convert a local copy of the Kaggle SavedModel with "
-        f"`convert-weights {name} --source DIR --cache-dir {entry.root}`."
+        f"{cache.root}`, or convert a local copy of the Kaggle SavedModel with "
+        f"`convert-weights {name} --source DIR --cache-dir {cache.root}`."
     )
 
 
@@ -85,7 +84,7 @@ def convert_into_cache(name, *, cache_dir=None, source=None, reference=None, ver
     is called with each of STEPS as it starts; not at all when the entry was complete.
     """
     entry = get_entry(name)
-    architecture = architecture_for(entry)
+    entry.architecture  # no converter: UnsupportedModelError here, before any download
     cache = CacheEntry(name, cache_dir)
     step = progress or (lambda _: None)
     if not force and cache.state() == "ok":
@@ -95,17 +94,17 @@ def convert_into_cache(name, *, cache_dir=None, source=None, reference=None, ver
         conversion = None
         if source is not None:
             step("download")
-            conversion = _conversion(entry, architecture, source, reference, verify, step)
+            conversion = _conversion(entry, source, reference, verify, step)
         with _locked(cache):
             if not force and cache.state() == "ok":  # converted while we waited
                 metadata = cache.metadata()
             else:
                 cache.remove_temporaries()  # left by writers killed mid-write
                 if conversion is None:
-                    conversion = _download_and_convert(name, entry, architecture, cache,
-                                                       reference, verify, offline, step)
+                    conversion = _download_and_convert(entry, cache, reference, verify,
+                                                       offline, step)
                 step("write")
-                metadata = _write(name, entry, cache, conversion)
+                metadata = _write(entry, cache, conversion)
     if output:
         _copy_out(cache, output)
     return metadata
@@ -144,38 +143,37 @@ class _locked:
         self.lock.release()
 
 
-def _download_and_convert(name, entry, architecture, cache, reference, verify, offline,
-                          step):
+def _download_and_convert(entry, cache, reference, verify, offline, step):
     step("download")
     if offline:
-        raise CacheError(offline_message(name, cache))
-    from converters.download import discard, download
+        raise CacheError(offline_message(entry.name, cache))
+    from vit_hub.conversion.download import discard, download
 
-    source = download(entry["handle"])
+    source = download(entry.handle)
     try:
-        return _conversion(entry, architecture, source, reference, verify, step)
+        return _conversion(entry, source, reference, verify, step)
     except ConversionError as err:
         if not isinstance(err, ParityError):
-            discard(entry["handle"])  # unreadable download: fetch it afresh next time
+            discard(entry.handle)  # unreadable download: fetch it afresh next time
         raise
 
 
-def _conversion(entry, architecture, source, reference, verify, step):
+def _conversion(entry, source, reference, verify, step):
     try:
-        return convert(source, architecture, entry["kind"] == "classification",
-                       verify=verify, reference=reference, progress=step)
+        return convert(source, entry.architecture, verify=verify, reference=reference,
+                       progress=step)
     except ParityError:
         raise
     except ConversionError as err:
         raise _naming_source(err, source) from None
 
 
-def _write(name, entry, cache, conversion):
+def _write(entry, cache, conversion):
     """Writes the weights and metadata into a staging folder beside the entry
     (`.tmp-<name>.*`), then moves them in: old metadata out, weights in, metadata in.
     A failure or a kill while writing leaves the old entry as it was; one during the
     two renames leaves it 'missing'. Either way no half is ever 'ok'."""
-    extra = {"handle": entry["handle"], "kind": entry["kind"], "variant": entry["variant"]}
+    extra = {"handle": entry.handle, "kind": entry.kind, "variant": entry.variant}
     parent = os.path.dirname(cache.folder)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -186,7 +184,7 @@ def _write(name, entry, cache, conversion):
         weights = os.path.join(staging, os.path.basename(cache.weights_path))
         try:
             check_space(staging, conversion, cache.folder)
-            metadata = write_converted(conversion, weights, name, extra)
+            metadata = write_converted(conversion, weights, entry.name, extra)
         except CacheError:  # not enough space
             raise
         except ConversionError as err:  # a lazily read tensor that cannot be read

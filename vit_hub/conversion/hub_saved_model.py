@@ -12,11 +12,9 @@ same-shaped tensors in swapped places, which is why conversion ends with a parit
 import os
 import re
 
-import numpy as np
 
-from converters import ConversionError
-from converters.name_map import linen_shapes
-from vit_hub.weights import describe_architecture, normalized_architecture
+from vit_hub.errors import ConversionError
+from vit_hub.conversion.name_map import linen_shapes
 
 _VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 _FLAT = re.compile(r"^variables/(\d+)" + re.escape(_VALUE) + "$")
@@ -72,38 +70,34 @@ def _unreadable(what, err):
             "truncated or corrupt: delete it and download again (convert-weights NAME --force).")
 
 
-def read_hub_saved_model(saved_model_dir, architecture, include_top):
-    """The SavedModel's tensors as `{Linen path: LazyTensor}` for `architecture`
-    (VisionTransformer kwargs).
+def read_hub_saved_model(saved_model_dir, architecture):
+    """The SavedModel's tensors as `{Linen path: LazyTensor}` for an `Architecture`.
 
     Accepts the published flat layout (`variables/<i>`) and a layout whose keys carry
     the Linen names (any prefix). Raises ConversionError listing every count or shape
     that does not fit; no tensor data is read until the caller converts one.
     """
     values = read_checkpoint(saved_model_dir)
-    expected = linen_shapes(architecture, include_top)
+    expected = linen_shapes(architecture)
     flat = {int(m.group(1)): v for k, v in values.items() if (m := _FLAT.match(k))}
     if flat:
-        return _match_by_order(flat, expected, architecture, include_top, saved_model_dir)
+        return _match_by_order(flat, expected, architecture, saved_model_dir)
     return _match_by_name(values, expected, saved_model_dir)
 
 
-def _match_by_order(flat, expected, architecture, include_top, source):
+def _match_by_order(flat, expected, arch, source):
     order = flatten_order(expected)
-    arch = normalized_architecture(architecture, include_top)
     problems = []
     if sorted(flat) != list(range(len(flat))):
         problems.append(f"variable indices are not 0..{len(flat) - 1}")
     if len(flat) != len(order):
         # Index i no longer names the same tensor: describe the checkpoint instead.
-        height, width = arch["image_size"]
-        tokens = (height // arch["patch_size"]) * (width // arch["patch_size"]) + 1
         problems.append(
             f"it holds {len(flat)} tensors, the model needs {len(order)}"
-            + _count_hint(len(flat) - len(order), include_top)
+            + _count_hint(len(flat) - len(order), arch.include_top)
         )
-        problems.append(f"the checkpoint looks like {_sketch(flat)}; the model is "
-                        f"width {arch['hidden_dim']}, patch {arch['patch_size']}, {tokens} tokens")
+        problems.append(f"the checkpoint looks like {_sketch(flat)}; the model is width "
+                        f"{arch.hidden_dim}, patch {arch.patch_size}, {arch.num_tokens} tokens")
     else:
         for index, linen in enumerate(order):
             if flat[index].shape != expected[linen]:
@@ -113,7 +107,7 @@ def _match_by_order(flat, expected, architecture, include_top, source):
                 )
     if problems:
         raise ConversionError(
-            f"The SavedModel {source} does not match {describe_architecture(arch)}:\n  - "
+            f"The SavedModel {source} does not match {arch.describe()}:\n  - "
             + "\n  - ".join(problems[:12])
             + (f"\n  - ... and {len(problems) - 12} more" if len(problems) > 12 else "")
             + "\nCheck that the checkpoint is the variant and kind (fe/classification) "

@@ -37,16 +37,16 @@ ORIGINAL_TO_LINEN = {
 }
 
 
-def linen_to_native(num_layers, include_top):
-    """{Linen path: native variable path} for a ViT of `num_layers` blocks."""
+def linen_to_native(architecture):
+    """{Linen path: native variable path} for a ViT `Architecture`."""
     names = dict(_TOP)
-    for i in range(num_layers):
+    for i in range(architecture.num_layers):
         for module, sublayer in _MODULES_IN_BLOCK.items():
             params = _NORM_PARAMS if module.startswith("LayerNorm") else _DENSE_PARAMS
             for param, native in params.items():
                 linen = f"Transformer/encoderblock_{i}/{module}/{param}"
                 names[linen] = f"block_{i}/{sublayer}/{native}"
-    if include_top:
+    if architecture.include_top:
         names.update(_HEAD)
     return names
 
@@ -57,19 +57,25 @@ def original_to_linen(path):
 
 
 def assign_linen(model, tensors, source="checkpoint"):
-    """Fills `model` from `{Linen path: array}`, all or nothing (see `vit_hub.weights`)."""
+    """Fills a built `model` from `{Linen path: array}`, all or nothing (see
+    `vit_hub.weights.assign`)."""
+    from vit_hub.architecture import Architecture
     from vit_hub.weights import assign
 
-    assign(model, tensors, source, linen_to_native(model.num_layers, model.include_top))
+    assign(model, tensors, source, linen_to_native(Architecture.of(model)))
 
 
-def linen_shapes(architecture, include_top):
-    """{Linen path: shape} of a checkpoint for `architecture` (VisionTransformer kwargs),
-    computed without building a model (tests check it against the model's variables)."""
-    d, mlp, heads = architecture["hidden_dim"], architecture["mlp_dim"], architecture["num_heads"]
-    patch, size = architecture["patch_size"], architecture["image_size"]
-    height, width = (size, size) if isinstance(size, int) else size
-    tokens = (height // patch) * (width // patch) + 1
+def to_native(tensors, architecture):
+    """`{Linen path: tensor}` renamed to native variable paths."""
+    names = linen_to_native(architecture)
+    return {names[linen]: tensor for linen, tensor in tensors.items()}
+
+
+def linen_shapes(architecture):
+    """{Linen path: shape} of a checkpoint for an `Architecture`, computed without
+    building a model (tests check it against the model's variables)."""
+    d, mlp, heads = architecture.hidden_dim, architecture.mlp_dim, architecture.num_heads
+    patch, tokens = architecture.patch_size, architecture.num_tokens
     attention = "MultiHeadDotProductAttention_0"
     block = {
         **{f"LayerNorm_{k}/{p}": (d,) for k in (0, 1) for p in ("scale", "bias")},
@@ -90,9 +96,9 @@ def linen_shapes(architecture, include_top):
         "Transformer/encoder_norm/scale": (d,),
         "Transformer/encoder_norm/bias": (d,),
     }
-    for i in range(architecture["num_layers"]):
+    for i in range(architecture.num_layers):
         shapes.update({f"Transformer/encoderblock_{i}/{k}": v for k, v in block.items()})
-    if include_top:
-        classes = architecture.get("num_classes", 1000)
+    if architecture.include_top:
+        classes = architecture.num_classes
         shapes.update({"head/kernel": (d, classes), "head/bias": (classes,)})
     return shapes

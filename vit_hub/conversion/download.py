@@ -10,20 +10,17 @@ import os
 import re
 import threading
 
+from vit_hub.catalogue import is_handle
+from vit_hub.errors import ConfigError, DownloadError
+
 ENV_TIMEOUT = "VIT_HUB_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 3600.0  # a full-size model is ~0.3-1.2 GB
-
-
-class DownloadError(RuntimeError):
-    """A model could not be downloaded; nothing partial is left in kagglehub's cache."""
 
 
 def download(handle, timeout=None):
     """`kagglehub.model_download(handle)` (a pinned, versioned handle: a cached one then
     resolves with no network call), returning the local SavedModel folder."""
-    from vit_hub.manifest import _HANDLE
-
-    if not isinstance(handle, str) or not _HANDLE.fullmatch(handle):
+    if not is_handle(handle):
         raise DownloadError(
             f"{handle!r} is not a pinned Kaggle model handle (owner/model/framework/"
             "variation/version, plain names, no '..'); nothing was downloaded."
@@ -68,7 +65,7 @@ def _timeout_from_environment():
     except ValueError:
         value = 0.0
     if not value > 0 or value == float("inf"):
-        raise ValueError(f"{ENV_TIMEOUT}={text!r} is not a number of seconds > 0 (e.g. "
+        raise ConfigError(f"{ENV_TIMEOUT}={text!r} is not a number of seconds > 0 (e.g. "
                          f"{ENV_TIMEOUT}=7200); unset it for the default, "
                          f"{DEFAULT_TIMEOUT_S:.0f} s.")
     return value

@@ -1,24 +1,21 @@
 """Build ViT checkpoints in the format of the published Kaggle / TF-Hub models.
 
-This is the independent reference for the tests: a Flax Linen ViT written from
-the equations (it deliberately imports nothing from ``vit_hub`` or
-``converters``), plus the export recipe of the sayakpaul/ViT-jax2tf
-``conversion.ipynb`` notebook that produced ``spsayakpaul/vision-transformer``,
-and the original google-research ``.npz`` layout.  See
-``/work/shared/hub-format.md`` for the facts this reproduces.
+For machines that cannot reach Kaggle (the demo, the benchmarks) and for the tests:
+a Flax Linen ViT written from the equations, independently of vit_hub's Keras layers
+(it imports nothing of vit_hub but its errors, so it stays an independent reference),
+plus the export recipe of the sayakpaul/ViT-jax2tf ``conversion.ipynb`` notebook that
+produced ``spsayakpaul/vision-transformer``, and the original google-research ``.npz``
+layout. Needs the ``hub-format`` extra (jax, flax): ``pip install vit_hub[hub-format]``.
 
-Usable as a module (``init_params``, ``export_saved_model``, ``flax_apply``,
-``write_npz``, ``read_npz``) and as a script::
-
-    python tests/hub_export.py --arch b32 --kind fe --out DIR [--npz F.npz]
+Functions: ``init_params``, ``export_saved_model``, ``flax_apply``, ``write_npz``,
+``read_npz``, ``config_from_params``. The script ``converters/build_hub_checkpoint.py``
+is their command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import sys
 from typing import Any, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,6 +26,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from jax.experimental import jax2tf  # noqa: E402
+
+from vit_hub.errors import ConfigError  # noqa: E402
 
 KINDS = ("fe", "classification")
 
@@ -155,7 +154,7 @@ class VisionTransformer(nn.Module):
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise ConfigError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
 def make_model(config: HubConfig, kind: str) -> VisionTransformer:
@@ -261,7 +260,7 @@ def export_saved_model(params: dict, config: HubConfig, kind: str, out_dir: str,
     """
     _check_kind(kind)
     if (kind == "classification") != ("head" in params):
-        raise ValueError(f"params do not match kind={kind!r}")
+        raise ConfigError(f"params do not match kind={kind!r}")
     fe = kind == "fe"
     size = config.image_size
     model = make_model(config, kind)
@@ -360,7 +359,7 @@ def config_from_params(params: dict, image_size: int, num_heads: int) -> HubConf
     block0 = enc["encoderblock_0"]
     heads = block0["MultiHeadDotProductAttention_0"]["query"]["kernel"].shape[1]
     if num_heads and num_heads != heads:
-        raise ValueError(f"--num-heads {num_heads} but the npz has {heads}")
+        raise ConfigError(f"--num-heads {num_heads} but the npz has {heads}")
     kernel = params["embedding"]["kernel"]
     return HubConfig(
         patch_size=kernel.shape[0], hidden_dim=kernel.shape[-1],
@@ -368,69 +367,3 @@ def config_from_params(params: dict, image_size: int, num_heads: int) -> HubConf
         mlp_dim=block0["MlpBlock_0"]["Dense_0"]["kernel"].shape[-1],
         num_classes=params["head"]["kernel"].shape[-1] if "head" in params else 1000,
         image_size=image_size)
-
-
-# --------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------
-
-
-def _parse(argv):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", choices=sorted(ARCHS),
-                    help="published shape; omit to give a custom one")
-    ap.add_argument("--kind", choices=KINDS, required=True)
-    ap.add_argument("--out", required=True, help="SavedModel directory")
-    ap.add_argument("--npz", help="also write the params as an original npz")
-    ap.add_argument("--from-npz", help="export these params instead of random")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--image-size", type=int, default=224)
-    for name in ("hidden-dim", "num-layers", "num-heads", "mlp-dim",
-                 "patch-size", "num-classes"):
-        ap.add_argument(f"--{name}", type=int)
-    ap.add_argument("--signature-batch", type=int, default=None,
-                    help="batch of serving_default (default: None = any)")
-    ap.add_argument("--platforms", nargs="+", choices=("cpu", "cuda", "rocm", "tpu"),
-                    help="jax2tf lowering platforms (default: JAX's backend)")
-    return ap.parse_args(argv)
-
-
-def _config_from_args(args) -> HubConfig:
-    base = ARCHS[args.arch] if args.arch else None
-    fields = {}
-    for f in ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim",
-              "num_classes"):
-        value = getattr(args, f)
-        if value is None and base is not None:
-            value = getattr(base, f)
-        if value is None and f == "num_classes":
-            value = 1000
-        if value is None:
-            raise SystemExit(f"--{f.replace('_', '-')} is needed without --arch")
-        fields[f] = value
-    return HubConfig(image_size=args.image_size, **fields)
-
-
-def main(argv=None) -> int:
-    args = _parse(argv)
-    if args.from_npz:
-        params = read_npz(args.from_npz)
-        if args.kind == "fe":
-            params.pop("head", None)  # as the notebook does for fe models
-        elif "head" not in params:
-            raise SystemExit("classification export needs an npz with a head")
-        config = config_from_params(params, args.image_size, args.num_heads)
-    else:
-        config = _config_from_args(args)
-        params = init_params(config, args.kind, args.seed)
-    if args.npz:
-        write_npz(params, args.npz)
-    export_saved_model(params, config, args.kind, args.out,
-                       signature_batch=args.signature_batch,
-                       platforms=tuple(args.platforms) if args.platforms else None)
-    print(f"wrote {args.kind} {config} to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

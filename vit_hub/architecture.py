@@ -1,0 +1,170 @@
+"""Architectures as data: the hyperparameters that decide a ViT's weights, as a frozen
+record, and the table of named variants they are registered in.
+
+Widths, depths, heads and MLP sizes are those of the ViT paper (Dosovitskiy et al., 2020,
+table 1) and of the AugReg checkpoints (Steiner et al., 2021) published on Kaggle Models.
+Nothing here imports Keras: the catalogue, the cache and `convert-weights --list` use it.
+"""
+
+import dataclasses
+import difflib
+import numbers
+import re
+
+from vit_hub.errors import ConfigError
+
+_NAME = re.compile(r"[a-z0-9_]+")
+
+
+def image_hw(image_size):
+    """(height, width) of an image size given as an int or a pair: the one place where
+    image sizes are normalised. Raises ConfigError for anything else."""
+    pair = (image_size, image_size) if _is_int(image_size) else image_size
+    try:
+        height, width = pair
+    except (TypeError, ValueError):
+        height = width = None
+    if not (_is_int(height) and _is_int(width) and height > 0 and width > 0):
+        raise ConfigError(f"image_size must be a positive int or a (height, width) pair of "
+                          f"positive ints, got {image_size!r}.")
+    return int(height), int(width)
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """What decides the shapes of a ViT's weights. `image_size` is normalised to
+    (height, width); the record is what weights files store and what models report
+    (`Architecture.of(model)`)."""
+
+    patch_size: int
+    hidden_dim: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    image_size: tuple = (224, 224)
+    include_top: bool = True
+    num_classes: int = 1000
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_size", image_hw(self.image_size))
+        object.__setattr__(self, "include_top", bool(self.include_top))
+        bad = [f"{field} {getattr(self, field)!r}" for field in _SHAPE_FIELDS + ("num_classes",)
+               if not _is_int(getattr(self, field)) or getattr(self, field) <= 0]
+        if bad:
+            raise ConfigError(f"Architecture fields must be positive ints: {', '.join(bad)}.")
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(f"hidden_dim ({self.hidden_dim}) must be divisible by "
+                              f"num_heads ({self.num_heads}).")
+
+    @property
+    def grid_size(self):
+        """(rows, columns) of the patch grid."""
+        height, width = self.image_size
+        return height // self.patch_size, width // self.patch_size
+
+    @property
+    def num_tokens(self):
+        rows, columns = self.grid_size
+        return rows * columns + 1
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def shape_kwargs(self):
+        """The fields of a variant (no image size, no head)."""
+        return {field: getattr(self, field) for field in _SHAPE_FIELDS}
+
+    def to_dict(self):
+        """The JSON form weights files and metadata record."""
+        return {**dataclasses.asdict(self), "image_size": list(self.image_size)}
+
+    @classmethod
+    def from_dict(cls, record):
+        """The inverse of `to_dict`; ConfigError naming missing or unknown fields."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(record, dict):
+            raise ConfigError(f"an architecture record is a dict of {sorted(fields)}, got "
+                              f"{record!r}.")
+        missing = sorted(set(_SHAPE_FIELDS) - set(record))
+        unknown = sorted(set(record) - fields)
+        if missing or unknown:
+            raise ConfigError(f"architecture record: missing {missing}, unknown {unknown}.")
+        return cls(**record)
+
+    @classmethod
+    def of(cls, model):
+        """The architecture of a built `VisionTransformer`."""
+        return cls(**{f.name: getattr(model, f.name) for f in dataclasses.fields(cls)})
+
+    def describe(self, name="the model"):
+        return (f"{name} ({self.num_layers} blocks, hidden {self.hidden_dim}, patch "
+                f"{self.patch_size}, {'with' if self.include_top else 'without'} head)")
+
+
+_SHAPE_FIELDS = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
+
+# name -> Architecture at 224x224 with a 1000-class head; see register_variant.
+_VARIANTS = {}
+
+
+def register_variant(name, *, overwrite=False, **architecture):
+    """Adds a named variant for `create_vit(name)` and catalogue entries, e.g.
+    `register_variant("vit_tiny8", patch_size=8, hidden_dim=32, num_layers=2,
+    num_heads=4, mlp_dim=64)`. Registering a name again with the same architecture does
+    nothing; with another one it is an error unless `overwrite=True`."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"variant name {name!r}: use lower-case letters, digits and '_'.")
+    unknown = sorted(set(architecture) - set(_SHAPE_FIELDS))
+    missing = sorted(set(_SHAPE_FIELDS) - set(architecture))
+    if unknown or missing:
+        raise ConfigError(f"register_variant({name!r}) takes exactly {list(_SHAPE_FIELDS)}; "
+                          f"missing {missing}, unknown {unknown}.")
+    record = Architecture(**architecture)
+    if _VARIANTS.get(name, record) != record and not overwrite:
+        raise ConfigError(f"variant {name!r} is already registered as {_VARIANTS[name]}; "
+                          "pass overwrite=True to replace it.")
+    _VARIANTS[name] = record
+    return record
+
+
+def list_variants():
+    """Names accepted by `create_vit`, in registration order (smallest first)."""
+    return list(_VARIANTS)
+
+
+def get_variant(name):
+    """The Architecture of a registered variant (224x224, 1000-class head)."""
+    if name not in _VARIANTS:
+        raise ConfigError(f"Unknown ViT variant {name!r}. {suggest(name, _VARIANTS)}"
+                          f"Known variants: {', '.join(_VARIANTS)}.")
+    return _VARIANTS[name]
+
+
+def variant_config(name):
+    """The architecture hyperparameters of a variant, as `VisionTransformer` kwargs."""
+    return get_variant(name).shape_kwargs()
+
+
+def suggest(name, choices):
+    """'Did you mean ...?' text for an unknown name, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.5)
+    return f"Did you mean {' or '.join(map(repr, close))}? " if close else ""
+
+
+# size: (hidden_dim, num_layers, num_heads, mlp_dim)
+_SIZES = {
+    "ti": (192, 12, 3, 768),
+    "s": (384, 12, 6, 1536),
+    "b": (768, 12, 12, 3072),
+    "l": (1024, 24, 16, 4096),
+    "h": (1280, 32, 16, 5120),
+}
+for _size, _patch in [("ti", 16), ("s", 16), ("s", 32), ("b", 8), ("b", 16), ("b", 32),
+                      ("l", 16), ("l", 32), ("h", 14), ("h", 16)]:
+    _width, _depth, _heads, _mlp = _SIZES[_size]
+    register_variant(f"vit_{_size}{_patch}", patch_size=_patch, hidden_dim=_width,
+                     num_layers=_depth, num_heads=_heads, mlp_dim=_mlp)

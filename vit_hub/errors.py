@@ -1,0 +1,68 @@
+"""Every error vit_hub raises derives from `VitHubError`.
+
+Each also keeps the built-in base it had before there was a common one (ValueError,
+RuntimeError, TypeError, NotImplementedError), so `except ValueError:` written against
+older versions still catches what it caught.
+"""
+
+
+class VitHubError(Exception):
+    """Base of every error raised by vit_hub: `except vit_hub.VitHubError` catches them
+    all (what the `convert-weights` command does)."""
+
+
+class ConfigError(VitHubError, ValueError):
+    """An argument that makes no valid model or call: an unknown variant, an image size
+    the patch grid does not tile, a pooling mode that does not exist."""
+
+
+class ImageError(VitHubError, ValueError):
+    """Images that cannot be turned into model inputs (shape, channels, range, file)."""
+
+
+class ImageTypeError(ImageError, TypeError):
+    """Images of a dtype that has no defined meaning as pixels."""
+
+
+class CatalogueError(VitHubError, ValueError):
+    """An unknown model name, or a catalogue entry that is missing or malformed."""
+
+
+class UnsupportedModelError(VitHubError, NotImplementedError):
+    """A catalogue entry whose architecture has no native converter."""
+
+
+class WeightsError(VitHubError, ValueError):
+    """Weights do not fit the model they are loaded into, or cannot be read."""
+
+
+class ConversionError(WeightsError):
+    """A checkpoint cannot be read, or does not fit the model it is converted into."""
+
+
+class ParityError(ConversionError):
+    """The converted model does not reproduce the hub model's outputs."""
+
+
+class CacheError(VitHubError, RuntimeError):
+    """The cache cannot give a usable entry (missing, corrupt, or not writable)."""
+
+
+class DownloadError(VitHubError, RuntimeError):
+    """A model could not be downloaded; nothing partial is left in kagglehub's cache."""
+
+
+class ExportError(VitHubError, RuntimeError):
+    """A model cannot be exported in the asked-for format."""
+
+
+class MissingFileError(VitHubError, FileNotFoundError):
+    """An input file (an image, a weights file) is not there."""
+
+
+class OutputExistsError(VitHubError, FileExistsError):
+    """An output would overwrite existing files that were not meant to be replaced."""
+
+
+class MissingDependencyError(VitHubError, ImportError):
+    """An optional package that this feature needs is not installed."""
