@@ -40,10 +40,30 @@ def flops_per_image(arch):
     norms ignored)."""
     d, mlp, tokens = arch.hidden_dim, arch.mlp_dim, arch.num_tokens
     patches = tokens - 1
-    embed = 2 * patches * arch.patch_size ** 2 * 3 * d
+    if arch.resnet_units:  # the stem, then a 1x1 conv on its 2048 channels
+        embed = resnet_flops(arch) + 2 * patches * 2048 * d
+    else:
+        embed = 2 * patches * arch.patch_size ** 2 * 3 * d
     block = 2 * tokens * d * (4 * d + 2 * mlp) + 4 * tokens * tokens * d
     head = 2 * d * arch.num_classes if arch.include_top else 0
     return embed + arch.num_layers * block + head
+
+
+def resnet_flops(arch):
+    """Multiply-adds x 2 of a hybrid's ResNet stem: the convolutions (norms ignored)."""
+    from vit_hub.architecture import resnet_plan
+
+    height, width = arch.image_size
+    flops = 2 * (height // 2) * (width // 2) * 7 * 7 * 3 * 64  # conv_root
+    pixels, channels = (height // 4) * (width // 4), 64  # after the max pool
+    for _, _, filters, strides in resnet_plan(arch.resnet_units):
+        out = pixels // strides ** 2
+        flops += 2 * (pixels * channels * filters + out * 9 * filters * filters
+                      + out * filters * 4 * filters)
+        if channels != 4 * filters or strides != 1:  # the projection shortcut
+            flops += 2 * out * channels * 4 * filters
+        pixels, channels = out, 4 * filters
+    return flops
 
 
 def matmul_gflops(dtype="float32", n=2048, repeats=10):

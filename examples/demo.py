@@ -67,7 +67,7 @@ def main():
     parity = metadata["parity"]
     print(f"Converted {metadata['handle']}: parity against hub.KerasLayer on "
           f"{parity['batch']} images: max abs {parity['max_abs']:.2e} (tolerance "
-          f"{parity['tolerance']:.0e}), cosine {parity['cosine']:.8f}.")
+          f"{parity['tolerance']:.1e}), cosine {parity['cosine']:.8f}.")
 
     model = vit_hub.load_pretrained(NAME, cache_dir=cache_dir, offline=True)
     features = np.asarray(model(sample_image()))

@@ -12,6 +12,9 @@ import pytest
 
 import vit_hub
 
+# The fault tests' fixtures (env, warm_cache), for every test module that asks for them.
+pytest_plugins = ["tests.fault_support"]
+
 # A ViT small enough for tests that run in seconds, with every kind of layer.
 TINY = dict(patch_size=8, hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64)
 TINY_IMAGE = 32
@@ -29,10 +32,21 @@ TINY_CLASSIFICATION_ENTRY = {
     **TINY_ENTRY, "kind": "classification",
     "handle": "spsayakpaul/vision-transformer/tensorFlow2/vit-tiny8-classification/1",
 }
+# A tiny hybrid: the published ResNet stem widths, one bottleneck unit per stage (R14).
+TINY_HYBRID = dict(patch_size=32, hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64,
+                   resnet_units=(1, 1, 1, 1))
+TINY_HYBRID_IMAGE = 64
+TINY_HYBRID_ENTRIES = {
+    f"vit_r14_tiny32_{kind}": {
+        "handle": f"spsayakpaul/vision-transformer/tensorFlow2/vit-r14-tiny32-{kind}/1",
+        "variant": "vit_r14_tiny32", "kind": kind, "image_size": TINY_HYBRID_IMAGE,
+        "num_tensors": 80 + 2 * (kind == "classification"), "num_params": 0, "converter": "vit",
+    } for kind in ("fe", "classification")}
 # Handed to child processes (tests/fault_driver.py) to register the same catalogue.
 CATALOGUE = {
-    "variants": {"vit_tiny8": TINY},
-    "models": {TINY_NAME: TINY_ENTRY, TINY_CLASSIFICATION: TINY_CLASSIFICATION_ENTRY},
+    "variants": {"vit_tiny8": TINY, "vit_r14_tiny32": TINY_HYBRID},
+    "models": {TINY_NAME: TINY_ENTRY, TINY_CLASSIFICATION: TINY_CLASSIFICATION_ENTRY,
+               **TINY_HYBRID_ENTRIES},
 }
 
 

@@ -1,7 +1,11 @@
 """A ViT forward pass in plain numpy (float64), written from the paper's equations and the
 Flax reference code, not from vit_hub's layers. It pins the numerics vit_hub must match:
 GELU with the tanh approximation, LayerNorm with epsilon 1e-6 and variance E[x^2]-E[x]^2,
-queries scaled by 1/sqrt(head_dim), and class-token / mean pooling.
+queries scaled by 1/sqrt(head_dim), and class-token / mean pooling. For the hybrids, the
+ResNet stem of google-research/vision_transformer (2021, flax 0.3.3): StdConv (population
+std, epsilon on the std, TF-style SAME padding), GroupNorm (32 groups, epsilon 1e-6,
+variance E[x^2]-E[x]^2) and a -inf-padded SAME max pool. Keyword switches of the stem
+select deliberately wrong variants, so tests can show that a comparison can fail.
 
 Parameters come as a nested dict in the checkpoints' own (Linen) naming.
 """
@@ -55,9 +59,15 @@ def encoder_block(x, p):
 
 
 def vit_forward(params, images, patch, pooling="token"):
-    """Returns (tokens after encoder_norm, pooled features, logits or None, attention maps)."""
+    """Returns (tokens after encoder_norm, pooled features, logits or None, attention maps).
+    A hybrid (params with `conv_root`) runs its ResNet stem first; `patch` is then 1."""
     params = _to_float64(params)
-    x = patch_embed(np.asarray(images, np.float64), params["embedding"], patch)
+    x = np.asarray(images, np.float64)
+    if "conv_root" in params:
+        stages = [k for k in params if k.startswith("block")]
+        units = tuple(len(params[f"block{s}"]) for s in range(1, len(stages) + 1))
+        x, patch = resnet_stem(_flat(params), x, units), 1
+    x = patch_embed(x, params["embedding"], patch)
     cls = np.broadcast_to(params["cls"], (x.shape[0], 1, x.shape[-1]))
     encoder = params["Transformer"]
     x = np.concatenate([cls, x], axis=1) + encoder["posembed_input"]["pos_embedding"]
@@ -111,7 +121,113 @@ def random_params(rng, *, patch, hidden, layers, heads, mlp, num_tokens, num_cla
     return params
 
 
+def _flat(tree, prefix=""):
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else key
+        flat.update(_flat(value, path) if isinstance(value, dict) else {path: value})
+    return flat
+
+
 def _to_float64(tree):
     if isinstance(tree, dict):
         return {k: _to_float64(v) for k, v in tree.items()}
     return np.asarray(tree, np.float64)
+
+
+# === The hybrids' ResNet stem (params flat, keyed by Linen path) ===
+
+WS_EPS = 1e-5
+GN_EPS = 1e-6
+GN_GROUPS = 32
+
+
+def standardize(w, *, eps_on_var=False, ddof=0):
+    """Weight standardisation over (H, W, I) per output channel."""
+    w = np.asarray(w, np.float64)
+    w = w - w.mean(axis=(0, 1, 2), keepdims=True)
+    var = np.square(w).sum(axis=(0, 1, 2), keepdims=True) / (w[..., 0].size - ddof)
+    if eps_on_var:  # wrong: epsilon inside the square root
+        return w / np.sqrt(var + WS_EPS)
+    return w / (np.sqrt(var) + WS_EPS)
+
+
+def same_pads(size, k, stride, mode="SAME"):
+    """(before, after) padding of one spatial axis."""
+    if mode == "VALID":
+        return 0, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    if mode == "SAME_BEGIN":  # wrong: the larger half at the start
+        return total - total // 2, total // 2
+    return total // 2, total - total // 2  # TF/XLA: the larger half at the end
+
+
+def _windows(x, k, stride, mode, pad_value):
+    """(N, Ho, Wo, C, k, k) strided view of x padded for a k x k window."""
+    ph = same_pads(x.shape[1], k, stride, mode)
+    pw = same_pads(x.shape[2], k, stride, mode)
+    x = np.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=pad_value)
+    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))
+    return win[:, ::stride, ::stride]
+
+
+def conv(x, w, stride=1, *, padding="SAME"):
+    """Cross-correlation, NHWC input, HWIO kernel, no bias."""
+    k = w.shape[0]
+    win = _windows(x, k, stride, padding, 0.0)
+    return np.einsum("nhwcij,ijco->nhwo", win, w, optimize=True)
+
+
+def std_conv(x, w, stride=1, *, padding="SAME", eps_on_var=False, ddof=0):
+    return conv(x, standardize(w, eps_on_var=eps_on_var, ddof=ddof), stride, padding=padding)
+
+
+def group_norm(x, scale, bias, groups=GN_GROUPS, eps=GN_EPS):
+    n, h, w, c = x.shape
+    g = x.reshape(n, h, w, groups, c // groups)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = np.square(g).mean(axis=(1, 2, 4), keepdims=True) - np.square(mean)
+    g = (g - mean) / np.sqrt(var + eps)
+    return g.reshape(x.shape) * np.reshape(scale, -1) + np.reshape(bias, -1)
+
+
+def max_pool(x, k=3, stride=2, *, pad_value=-np.inf):
+    return _windows(x, k, stride, "SAME", pad_value).max(axis=(-2, -1))
+
+
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
+def _gn(params, prefix, x):
+    return group_norm(x, params[prefix + "/scale"], params[prefix + "/bias"])
+
+
+def unit(params, prefix, x, filters, stride, **variant):
+    """Bottleneck unit; `prefix` like 'block2/unit1'."""
+
+    def conv_gn(suffix, y, s=1):  # conv{suffix} then gn{suffix}
+        y = std_conv(y, params[f"{prefix}/conv{suffix}/kernel"], s, **variant)
+        return _gn(params, f"{prefix}/gn{suffix}", y)
+
+    residual = x
+    if x.shape[-1] != 4 * filters or stride != 1:
+        residual = conv_gn("_proj", x, stride)
+    y = relu(conv_gn("1", x))
+    y = relu(conv_gn("2", y, stride))
+    y = conv_gn("3", y)
+    return relu(residual + y)
+
+
+def resnet_stem(params, x, block_units=(2, 2, 2, 2), width=64, *, pool_pad_value=-np.inf, **variant):
+    """Stem forward pass in float64. `variant`: padding, eps_on_var, ddof."""
+    x = np.asarray(x, np.float64)
+    x = std_conv(x, params["conv_root/kernel"], 2, **variant)
+    x = relu(_gn(params, "gn_root", x))
+    x = max_pool(x, pad_value=pool_pad_value)
+    for s, units in enumerate(block_units, start=1):
+        for u in range(1, units + 1):
+            stride = 2 if (s > 1 and u == 1) else 1
+            x = unit(params, f"block{s}/unit{u}", x, width * 2 ** (s - 1), stride, **variant)
+    return x

@@ -27,7 +27,6 @@ from tests.fault_support import (
     cli,
     read_only,
     snapshot,
-    warm_cache,  # noqa: F401  (fixture)
 )
 from vit_hub.cache import CacheEntry
 from vit_hub.catalogue import ModelEntry
@@ -170,8 +169,11 @@ BAD_INPUTS = {
         lambda c: ModelEntry.from_dict("vit/../../x", TINY_ENTRY), CatalogueError,
         r"^Catalogue entry 'vit/\.\./\.\./x' is invalid: "
         r"the name must be lower-case letters, digits and '_' \(no path separators"),
-    "model-without-converter": (lambda c: vit_hub.load_pretrained("vit_r50_l32_fe"),
-                                NotImplementedError, r"hybrid ResNet\+ViT"),
+    "model-without-converter": (
+        lambda c: (vit_hub.register_model("vit_unconverted_fe", {**TINY_ENTRY, "converter": None}),
+                   vit_hub.load_pretrained("vit_unconverted_fe")), NotImplementedError,
+        r"^vit_unconverted_fe \(spsayakpaul/.*\) has no native converter: its entry says "
+        r"'converter': null"),
     # checkpoints and weights files
     "wrong-checkpoint-for-the-model": (
         lambda c: _run_cli(c, CLASSIFICATION, "--source", c.inputs / "hub"), 1,

@@ -35,11 +35,26 @@ def test_the_16_published_models():
             assert entry.image_size == (224, 224) and entry.input_range == (-1.0, 1.0)
 
 
-@pytest.mark.parametrize("name", ["vit_b8", "vit_b16", "vit_b32", "vit_s16", "vit_l16"])
-def test_counts_of_the_plain_models_are_the_built_models(name):
+def test_every_published_model_has_a_converter():
+    for name in vit_hub.list_models()[:16]:
+        assert vit_hub.get_entry(name).converter == "vit", name
+        vit_hub.get_entry(name).architecture  # raises UnsupportedModelError otherwise
+    assert vit_hub.get_entry("vit_r50_l32_fe").top1 == 83.784
+    assert vit_hub.get_entry("vit_b32_classification").top1 == 79.436
+    assert "medaug" in vit_hub.get_entry("vit_r26_s32_lightaug_fe").note
+
+
+@pytest.mark.parametrize("name,variant", [
+    ("vit_b8", "vit_b8"), ("vit_b16", "vit_b16"), ("vit_b32", "vit_b32"), ("vit_s16", "vit_s16"),
+    ("vit_l16", "vit_l16"), ("vit_r26_s32_lightaug", "vit_r26_s32"),
+    ("vit_r26_s32_medaug", "vit_r26_s32"), ("vit_r50_l32", "vit_r50_l32")])
+def test_counts_of_every_model_are_the_built_models(name, variant):
+    from vit_hub.layers import weights_to_be_loaded
+
     for kind, top in (("fe", False), ("classification", True)):
         entry = vit_hub.get_entry(f"{name}_{kind}")
-        model = vit_hub.create_vit(name, include_top=top, pooling="token")
+        with weights_to_be_loaded():  # shapes only: no random initialisation
+            model = vit_hub.create_vit(variant, include_top=top, pooling="token")
         assert entry.num_params == model.count_params()
         assert entry.num_tensors == len(model.weights)
         assert entry.output["shape"][1:] == list(model.output_shape[1:])

@@ -16,9 +16,7 @@ import vit_hub.pretrained
 from tests.fault_support import (
     NAME,
     assert_complete,
-    env,  # noqa: F401  (fixture)
     snapshot,
-    warm_cache,  # noqa: F401  (fixture)
 )
 from vit_hub.cache import CacheEntry
 from vit_hub.errors import CacheError, WeightsError

@@ -18,7 +18,6 @@ from tests.fault_support import (
     assert_complete,
     cli,
     entry_files,
-    env,  # noqa: F401  (fixture)
     files,
     tiny_tmpfs,
     wait_for,

@@ -24,7 +24,6 @@ from tests.fault_support import (
     assert_lock_free,
     cli,
     entry_files,
-    env,  # noqa: F401  (fixture)
     files,
     kill_9,
     wait_for,

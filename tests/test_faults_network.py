@@ -17,11 +17,9 @@ from tests.fault_support import (
     NAME,
     assert_complete,
     cli,
-    env,  # noqa: F401  (fixture)
     files,
     read_only,
     snapshot,
-    warm_cache,  # noqa: F401  (fixture)
 )
 from vit_hub.errors import DownloadError
 

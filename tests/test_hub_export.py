@@ -19,6 +19,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2  # noqa: E402
 
 from tests.numpy_reference import vit_forward  # noqa: E402
 from vit_hub.conversion import published_format as he  # noqa: E402
+from vit_hub.weights import flatten  # noqa: E402
 
 TINY = he.HubConfig(patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,
                     mlp_dim=64, num_classes=10, image_size=32)
@@ -306,12 +307,38 @@ def numpy_vit(params, config, x):
     return features if logits is None else logits
 
 
+# A hybrid: the published stem widths, one bottleneck unit per stage.
+HYBRID = he.HubConfig(patch_size=32, hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64,
+                      num_classes=10, image_size=64, resnet_units=(1, 1, 1, 1))
+
+
 @pytest.mark.parametrize("kind", ["fe", "classification"])
-def test_flax_model_matches_equations(kind):
-    params = he.init_params(TINY, kind, seed=6)
-    x = images(2, TINY)
-    np.testing.assert_allclose(he.flax_apply(params, TINY, x),
-                               numpy_vit(params, TINY, x), atol=TOL, rtol=0)
+@pytest.mark.parametrize("config", [TINY, HYBRID], ids=["plain", "hybrid"])
+def test_flax_model_matches_equations(kind, config):
+    params = he.init_params(config, kind, seed=6)
+    x = images(2, config)
+    # float32 through the stem: ~1e-5 per bottleneck unit (see tests/test_resnet_stem.py)
+    np.testing.assert_allclose(he.flax_apply(params, config, x),
+                               numpy_vit(params, config, x), atol=TOL * 4, rtol=0)
+
+
+def test_hybrid_export_has_the_published_r26_layout(tmp_path):
+    """hub-format.md's sorted flatten of R26+S/32 classification: 0-1 encoder_norm, 2-193
+    the blocks, 194 posembed_input, 195-278 block1..block4, 279 cls, 280 conv_root,
+    281-282 embedding, 283-284 gn_root (flax 0.3.3: (1, 1, 1, C)), 285-286 head."""
+    shapes = he.param_shapes(he.ARCHS["r26_s32"], "classification")
+    order = sorted(flatten(shapes), key=lambda path: path.split("/"))
+    assert len(order) == 287
+    assert order[194] == "Transformer/posembed_input/pos_embedding"
+    assert order[195].startswith("block1/unit1/") and order[278].startswith("block4/unit2/")
+    assert order[279:] == ["cls", "conv_root/kernel", "embedding/bias", "embedding/kernel",
+                           "gn_root/bias", "gn_root/scale", "head/bias", "head/kernel"]
+    params = he.init_params(HYBRID, "fe", seed=2)
+    assert params["gn_root"]["scale"].shape == (1, 1, 1, 64)
+    assert params["block4"]["unit1"]["gn3"]["bias"].shape == (1, 1, 1, 2048)
+    saved = he.export_saved_model(params, HYBRID, "fe", str(tmp_path / "hybrid"))
+    listed = dict(tf.train.list_variables(ckpt_prefix(saved)))
+    assert [1, 1, 1, 64] in listed.values() and [7, 7, 3, 64] in listed.values()
 
 
 def test_mapping_sensitivity():

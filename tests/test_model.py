@@ -53,6 +53,29 @@ def test_matches_numpy_reference(images, include_top, pooling):
     np.testing.assert_allclose(model.extract_features(images), features, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("include_top", [True, False])
+def test_hybrid_matches_numpy_reference(include_top):
+    """A ResNet+ViT hybrid (one bottleneck unit per stage, the published stem widths)
+    against the float64 reference: float32 through the stem drifts ~1e-5 per unit (see
+    tests/test_resnet_stem.py), so 5e-5 here."""
+    from vit_hub.conversion.published_format import HubConfig, init_params
+
+    config = HubConfig(32, 32, 2, 4, 64, num_classes=7, image_size=64,
+                       resnet_units=(1, 1, 1, 1))
+    params = init_params(config, "classification" if include_top else "fe", seed=4)
+    model = vit_hub.VisionTransformer(image_size=64, **{**TINY, "patch_size": 32},
+                                      resnet_units=(1, 1, 1, 1), include_top=include_top,
+                                      num_classes=7, pooling="token")
+    assign_linen(model, flat(params))
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    _, features, logits, maps = vit_forward(params, x, 32)
+    np.testing.assert_allclose(np.asarray(model(x)), logits if include_top else features,
+                               atol=5e-5, rtol=0)
+    _, attention = model.encode(x, return_attention=True)
+    assert [tuple(a.shape) for a in attention] == [(2, 4, 5, 5)] * 2
+    np.testing.assert_allclose(np.asarray(attention[-1]), maps[-1], atol=5e-5)
+
+
 @pytest.mark.parametrize("change", ["exact_gelu", "epsilon", "no_scaling"])
 def test_reference_detects_wrong_numerics(images, change, monkeypatch):
     """The reference comparison above would fail if any pinned detail were different."""

@@ -15,19 +15,24 @@ PARAMS = {
     "vit_l16": (304_326_632, 303_301_632),
     "vit_l32": (306_535_400, 305_510_400),
     "vit_h14": (632_045_800, 630_764_800),
+    # The hybrids (google-research / timm totals; the fe figure is what hub.KerasLayer
+    # reports for the published R26+S/32 fe model).
+    "vit_r26_s32": (36_431_912, 36_046_912),
+    "vit_r50_l32": (328_994_856, 327_969_856),
 }
 WIDTH = {"ti": 192, "s": 384, "b": 768, "l": 1024, "h": 1280}
 SHIPPED = ["vit_ti16", "vit_s16", "vit_s32", "vit_b8", "vit_b16", "vit_b32", "vit_l16",
-           "vit_l32", "vit_h14", "vit_h16"]
+           "vit_l32", "vit_h14", "vit_h16", "vit_r26_s32", "vit_r50_l32"]
 
 
 def test_list_variants():
-    assert vit_hub.list_variants()[:10] == SHIPPED  # variants registered later follow
+    assert vit_hub.list_variants()[:12] == SHIPPED  # variants registered later follow
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_parameter_counts_and_shapes(name):
-    size, patch = name[4:].rstrip("0123456789"), int(name[4:].lstrip("tislbh"))
+    last = name.rsplit("_", 1)[-1]  # 'b16'; 's32' of 'vit_r26_s32'
+    size, patch = last.rstrip("0123456789"), int(last.lstrip("tislbh"))
     width, tokens = WIDTH[size], (224 // patch) ** 2 + 1
     factory = getattr(vit_hub, f"create_{name}")
     with_head = factory(include_top=True, num_classes=1000)

@@ -51,12 +51,17 @@ _LAZY = {
     "create_vit_l32": "vit_hub.model",
     "create_vit_h14": "vit_hub.model",
     "create_vit_h16": "vit_hub.model",
+    "create_vit_r26_s32": "vit_hub.model",
+    "create_vit_r50_l32": "vit_hub.model",
     "PatchEmbedding": "vit_hub.layers",
     "ClassToken": "vit_hub.layers",
     "PositionEmbedding": "vit_hub.layers",
     "MLP": "vit_hub.layers",
     "TransformerBlock": "vit_hub.layers",
     "TokenPooling": "vit_hub.layers",
+    "ResNetStem": "vit_hub.resnet_stem",
+    "BottleneckUnit": "vit_hub.resnet_stem",
+    "StandardizedConv2D": "vit_hub.resnet_stem",
 }
 
 if TYPE_CHECKING:  # what IDEs and static checkers see; at run time see __getattr__
@@ -84,11 +89,14 @@ if TYPE_CHECKING:  # what IDEs and static checkers see; at run time see __getatt
         create_vit_h16,
         create_vit_l16,
         create_vit_l32,
+        create_vit_r26_s32,
+        create_vit_r50_l32,
         create_vit_s16,
         create_vit_s32,
         create_vit_ti16,
     )
     from vit_hub.preprocessing import decode_predictions, preprocess
+    from vit_hub.resnet_stem import BottleneckUnit, ResNetStem, StandardizedConv2D
     from vit_hub.pretrained import load_pretrained, load_weights
 
 __all__ = [
@@ -133,7 +141,8 @@ def __dir__():
     return sorted({*globals(), *__all__})
 
 
-_KERAS_MODULES = {"vit_hub.layers", "vit_hub.model"}  # they import Keras first thing
+# They import Keras first thing.
+_KERAS_MODULES = {"vit_hub.layers", "vit_hub.model", "vit_hub.resnet_stem"}
 
 
 def _register_keras_objects():

@@ -38,7 +38,13 @@ def _is_int(value):
 class Architecture:
     """What decides the shapes of a ViT's weights. `image_size` is normalised to
     (height, width); the record is what weights files store and what models report
-    (`Architecture.of(model)`)."""
+    (`Architecture.of(model)`).
+
+    `resnet_units` is empty for a plain ViT. For a hybrid ResNet+ViT (R26+S/32,
+    R50+L/32) it holds the bottleneck units of the 4 ResNet stages, e.g. (2, 2, 2, 2);
+    the stem then downsamples by 32, which is the `patch_size` (each token is one cell of
+    the stem's 1/32 grid, embedded by a 1x1 convolution).
+    """
 
     patch_size: int
     hidden_dim: int
@@ -48,10 +54,12 @@ class Architecture:
     image_size: tuple = (224, 224)
     include_top: bool = True
     num_classes: int = 1000
+    resnet_units: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "image_size", image_hw(self.image_size))
         object.__setattr__(self, "include_top", bool(self.include_top))
+        object.__setattr__(self, "resnet_units", check_resnet_units(self.resnet_units))
         bad = [f"{field} {getattr(self, field)!r}" for field in _SHAPE_FIELDS + ("num_classes",)
                if not _is_int(getattr(self, field)) or getattr(self, field) <= 0]
         if bad:
@@ -59,6 +67,9 @@ class Architecture:
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"hidden_dim ({self.hidden_dim}) must be divisible by "
                               f"num_heads ({self.num_heads}).")
+        if self.resnet_units and self.patch_size != RESNET_STRIDE:
+            raise ConfigError(f"a hybrid ResNet+ViT has patch_size {RESNET_STRIDE} (the "
+                              f"stride of its ResNet stem), got {self.patch_size}.")
 
     @property
     def grid_size(self):
@@ -76,11 +87,17 @@ class Architecture:
 
     def shape_kwargs(self):
         """The fields of a variant (no image size, no head)."""
-        return {field: getattr(self, field) for field in _SHAPE_FIELDS}
+        fields = {field: getattr(self, field) for field in _SHAPE_FIELDS}
+        return {**fields, "resnet_units": self.resnet_units} if self.resnet_units else fields
 
     def to_dict(self):
-        """The JSON form weights files and metadata record."""
-        return {**dataclasses.asdict(self), "image_size": list(self.image_size)}
+        """The JSON form weights files and metadata record (plain ViTs without the empty
+        `resnet_units`, so their files are those of earlier versions)."""
+        record = {**dataclasses.asdict(self), "image_size": list(self.image_size),
+                  "resnet_units": list(self.resnet_units)}
+        if not self.resnet_units:
+            del record["resnet_units"]
+        return record
 
     @classmethod
     def from_dict(cls, record):
@@ -101,11 +118,30 @@ class Architecture:
         return cls(**{f.name: getattr(model, f.name) for f in dataclasses.fields(cls)})
 
     def describe(self, name="the model"):
-        return (f"{name} ({self.num_layers} blocks, hidden {self.hidden_dim}, patch "
+        stem = (f"ResNet stem {self.resnet_units} + " if self.resnet_units else "")
+        return (f"{name} ({stem}{self.num_layers} blocks, hidden {self.hidden_dim}, patch "
                 f"{self.patch_size}, {'with' if self.include_top else 'without'} head)")
 
 
 _SHAPE_FIELDS = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
+RESNET_STRIDE = 32  # root conv /2, max pool /2, stages 2-4 /2 each
+RESNET_WIDTH = 64  # channels of the root conv; stage s has 64 * 2**(s-1) per unit, x4 out
+
+
+def check_resnet_units(units):
+    """`units` as a tuple: () for a plain ViT, or the 4 stages' bottleneck units."""
+    units = tuple(units or ())
+    if units and (len(units) != 4 or not all(_is_int(n) and n > 0 for n in units)):
+        raise ConfigError(f"resnet_units must be 4 positive ints (units per ResNet stage, "
+                          f"e.g. (2, 2, 2, 2) for R26, (3, 4, 6, 3) for R50), got {units!r}.")
+    return tuple(int(n) for n in units)
+
+
+def resnet_plan(units, width=RESNET_WIDTH):
+    """[(stage, unit, filters, strides)] of every bottleneck unit of a ResNet stem, 1-based
+    as the checkpoints name them (`block{stage}/unit{unit}`); stride 2 opens stages 2-4."""
+    return [(stage, unit, width * 2 ** (stage - 1), 2 if stage > 1 and unit == 1 else 1)
+            for stage, count in enumerate(units, start=1) for unit in range(1, count + 1)]
 
 # name -> Architecture at 224x224 with a 1000-class head; see register_variant.
 _VARIANTS = {}
@@ -118,11 +154,11 @@ def register_variant(name, *, overwrite=False, **architecture):
     nothing; with another one it is an error unless `overwrite=True`."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"variant name {name!r}: use lower-case letters, digits and '_'.")
-    unknown = sorted(set(architecture) - set(_SHAPE_FIELDS))
+    unknown = sorted(set(architecture) - set(_SHAPE_FIELDS) - {"resnet_units"})
     missing = sorted(set(_SHAPE_FIELDS) - set(architecture))
     if unknown or missing:
-        raise ConfigError(f"register_variant({name!r}) takes exactly {list(_SHAPE_FIELDS)}; "
-                          f"missing {missing}, unknown {unknown}.")
+        raise ConfigError(f"register_variant({name!r}) takes {list(_SHAPE_FIELDS)} and, for "
+                          f"a hybrid, resnet_units; missing {missing}, unknown {unknown}.")
     record = Architecture(**architecture)
     if _VARIANTS.get(name, record) != record and not overwrite:
         raise ConfigError(f"variant {name!r} is already registered as {_VARIANTS[name]}; "
@@ -163,8 +199,12 @@ _SIZES = {
     "l": (1024, 24, 16, 4096),
     "h": (1280, 32, 16, 5120),
 }
-for _size, _patch in [("ti", 16), ("s", 16), ("s", 32), ("b", 8), ("b", 16), ("b", 32),
-                      ("l", 16), ("l", 32), ("h", 14), ("h", 16)]:
+for _resnet, _size, _patch in [((), "ti", 16), ((), "s", 16), ((), "s", 32), ((), "b", 8),
+                               ((), "b", 16), ((), "b", 32), ((), "l", 16), ((), "l", 32),
+                               ((), "h", 14), ((), "h", 16),
+                               # The hybrids: a ResNet-26 / ResNet-50 stem before the ViT.
+                               ((2, 2, 2, 2), "s", 32), ((3, 4, 6, 3), "l", 32)]:
     _width, _depth, _heads, _mlp = _SIZES[_size]
-    register_variant(f"vit_{_size}{_patch}", patch_size=_patch, hidden_dim=_width,
-                     num_layers=_depth, num_heads=_heads, mlp_dim=_mlp)
+    _stem = f"r{2 + 3 * sum(_resnet)}_" if _resnet else ""  # R26: 2 + 3 * 8 layers
+    register_variant(f"vit_{_stem}{_size}{_patch}", patch_size=_patch, hidden_dim=_width,
+                     num_layers=_depth, num_heads=_heads, mlp_dim=_mlp, resnet_units=_resnet)

@@ -46,6 +46,7 @@ class ModelEntry:
     input_range: tuple = (-1.0, 1.0)
     output: dict = None  # {"kind": "features" | "logits", "shape": [None, D]}
     source_checkpoint: str = None
+    top1: float = None  # published ImageNet-1k top-1 (%), see weights_manifest.json
     note: str = None
 
     @property
@@ -55,11 +56,12 @@ class ModelEntry:
     @property
     def architecture(self):
         """The network as published (a 1000-class head for classification models).
-        UnsupportedModelError for entries without a native converter."""
+        UnsupportedModelError for entries registered without a converter."""
         if self.converter is None:
             raise UnsupportedModelError(
-                f"{self.handle} is a hybrid ResNet+ViT ({self.variant}); its converter is "
-                "not there yet. The plain ViTs (s16, b8, b16, b32, l16) convert.")
+                f"{self.name} ({self.handle}) has no native converter: its entry says "
+                "'converter': null. Register it with 'converter': 'vit' if its variant "
+                f"({self.variant}) describes its network.")
         return get_variant(self.variant).replace(
             image_size=self.image_size, include_top=self.classification, num_classes=1000)
 
@@ -107,6 +109,10 @@ def _problems(name, fields):
     if isinstance(fields.get("handle"), str) and not is_handle(fields["handle"]):
         problems.append(f"'handle' {fields['handle']!r} is not owner/model/framework/"
                         "variation/version with a pinned numeric version")
+    top1 = fields.get("top1")
+    if top1 is not None and (not isinstance(top1, (int, float)) or isinstance(top1, bool)
+                             or not 0 <= top1 <= 100):
+        problems.append(f"'top1' must be a percentage (0 to 100) or null, got {top1!r}")
     if fields.get("kind") not in KINDS:
         problems.append(f"'kind' must be 'fe' or 'classification', got {fields.get('kind')!r}")
     try:

@@ -15,8 +15,9 @@ from vit_hub.layers import (
     TokenPooling,
     TransformerBlock,
 )
-from vit_hub.architecture import image_hw, variant_config
+from vit_hub.architecture import RESNET_STRIDE, check_resnet_units, image_hw, variant_config
 from vit_hub.errors import ConfigError
+from vit_hub.resnet_stem import ResNetStem
 
 
 def _check_image_size(image_size, patch_size):
@@ -47,6 +48,10 @@ class VisionTransformer(keras.Model):
         dropout, attention_dropout: training-time dropout rates.
         classifier_activation: activation of the head; None keeps logits (as the hub).
         layer_norm_epsilon: 1e-6 in the published models.
+        resnet_units: () for a plain ViT; for a hybrid ResNet+ViT the bottleneck units
+            of the 4 stages of its ResNet stem ((2, 2, 2, 2) in R26+S/32, (3, 4, 6, 3) in
+            R50+L/32). The stem downsamples by 32 (`patch_size` must be 32) and each cell
+            of its output grid becomes a token through a 1x1 convolution.
     """
 
     def __init__(
@@ -64,14 +69,22 @@ class VisionTransformer(keras.Model):
         attention_dropout=0.0,
         classifier_activation=None,
         layer_norm_epsilon=1e-6,
+        resnet_units=(),
         **kwargs,
     ):
         height, width = _check_image_size(image_size, patch_size)
+        resnet_units = check_resnet_units(resnet_units)
+        if resnet_units and patch_size != RESNET_STRIDE:
+            raise ConfigError(f"A hybrid ResNet+ViT has patch_size {RESNET_STRIDE} (the "
+                              f"stride of its stem), got {patch_size}.")
         policy = kwargs.get("dtype")
 
         # === Layers ===
+        # A hybrid's tokens are the cells of its stem's 1/32 grid, embedded by a 1x1 conv.
+        stem = [ResNetStem(resnet_units, dtype=policy, name="stem")] if resnet_units else []
         patch_embedding = PatchEmbedding(
-            hidden_dim, patch_size, dtype=policy, name="patch_embedding"
+            hidden_dim, 1 if resnet_units else patch_size, dtype=policy,
+            name="patch_embedding"
         )
         class_token = ClassToken(dtype=policy, name="class_token")
         position_embedding = PositionEmbedding(dtype=policy, name="position_embedding")
@@ -107,7 +120,8 @@ class VisionTransformer(keras.Model):
 
         # === Functional Model ===
         images = keras.Input((height, width, 3), name="images")
-        embedding = [patch_embedding, class_token, position_embedding, embedding_dropout]
+        embedding = [*stem, patch_embedding, class_token, position_embedding,
+                     embedding_dropout]
         tokens = _encode(images, embedding, blocks, encoder_norm)
         if include_top:
             outputs = head(feature_pooling(tokens))
@@ -142,6 +156,7 @@ class VisionTransformer(keras.Model):
         self.attention_dropout = attention_dropout
         self.classifier_activation = classifier_activation
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.resnet_units = resnet_units
 
     @property
     def num_patches(self):
@@ -200,6 +215,7 @@ class VisionTransformer(keras.Model):
             if self.classifier_activation
             else None,
             "layer_norm_epsilon": self.layer_norm_epsilon,
+            "resnet_units": list(self.resnet_units),
         }
 
     @classmethod
@@ -302,3 +318,15 @@ def create_vit_h14(**kwargs):
 def create_vit_h16(**kwargs):
     """ViT-H/16 (width 1280, 32 blocks, 16 heads): `create_vit('vit_h16', **kwargs)`."""
     return create_vit("vit_h16", **kwargs)
+
+
+def create_vit_r26_s32(**kwargs):
+    """R26+S/32, a ResNet-26 stem before ViT-S (width 384, 12 blocks, 6 heads):
+    `create_vit('vit_r26_s32', **kwargs)`."""
+    return create_vit("vit_r26_s32", **kwargs)
+
+
+def create_vit_r50_l32(**kwargs):
+    """R50+L/32, a ResNet-50 stem before ViT-L (width 1024, 24 blocks, 16 heads):
+    `create_vit('vit_r50_l32', **kwargs)`."""
+    return create_vit("vit_r50_l32", **kwargs)

@@ -121,9 +121,9 @@ def print_list(names, cache_dir):
         entry, cache = get_entry(name), CacheEntry(name, cache_dir)
         state = cache.state() if entry.converter else "no converter yet"
         parity = (cache.metadata() or {}).get("parity") if state == "ok" else None
-        rows.append([name, entry.handle, state,
+        rows.append([name, entry.handle, f"{entry.top1:.3f}" if entry.top1 else "-", state,
                      f"{parity['max_abs']:.2e}" if isinstance(parity, dict) else "-"])
-    print_table(["model", "kaggle handle", "cache", "parity max abs"], rows)
+    print_table(["model", "kaggle handle", "top-1 %", "cache", "parity max abs"], rows)
     return 0
 
 

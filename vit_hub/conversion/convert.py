@@ -5,11 +5,18 @@ import datetime
 import json
 import os
 
-from vit_hub.errors import ConversionError
-from vit_hub.conversion.hub_saved_model import read_hub_saved_model
+import numpy as np
+
+from vit_hub.conversion.hub_saved_model import (
+    describe_architecture,
+    describe_shapes,
+    flatten_order,
+    read_hub_saved_model,
+)
 from vit_hub.conversion.name_map import linen_shapes, to_native
 from vit_hub.conversion.npz import read_npz
 from vit_hub.conversion.parity import ParityReport, check_parity
+from vit_hub.errors import ConversionError
 
 
 @dataclasses.dataclass
@@ -50,6 +57,10 @@ def convert(source, architecture, *, verify=True, reference=None, progress=None)
     else:
         tensors = read_npz(source, architecture.include_top)
     problems = fit_problems(tensors, linen_shapes(architecture), "checkpoint")
+    if problems:
+        shapes = [tuple(np.shape(tensors[k])) for k in flatten_order(tensors)]
+        problems.append(f"the checkpoint looks like {describe_shapes(shapes)}; the model is "
+                        f"{describe_architecture(architecture)}")
     raise_problems(architecture.describe(), problems, f"checkpoint {source}", ConversionError)
     conversion = Conversion(tensors, architecture, source)
     step("verify")

@@ -96,8 +96,9 @@ def _match_by_order(flat, expected, arch, source):
             f"it holds {len(flat)} tensors, the model needs {len(order)}"
             + _count_hint(len(flat) - len(order), arch.include_top)
         )
-        problems.append(f"the checkpoint looks like {_sketch(flat)}; the model is width "
-                        f"{arch.hidden_dim}, patch {arch.patch_size}, {arch.num_tokens} tokens")
+        shapes = [tuple(flat[i].shape) for i in sorted(flat)]
+        problems.append(f"the checkpoint looks like {describe_shapes(shapes)}; the model "
+                        f"is {describe_architecture(arch)}")
     else:
         for index, linen in enumerate(order):
             if flat[index].shape != expected[linen]:
@@ -116,13 +117,25 @@ def _match_by_order(flat, expected, arch, source):
     return {linen: flat[index] for index, linen in enumerate(order)}
 
 
-def _sketch(flat):
-    """Width, patch and token count read off a flat checkpoint's shapes."""
-    shapes = [tuple(flat[i].shape) for i in sorted(flat)]
-    kernel = next((s for s in shapes if len(s) == 4), None)
-    tokens = next((s for s in shapes if len(s) == 3 and s[0] == 1 and s[1] > 1), None)
-    return (f"width {shapes[0][-1] if shapes else '?'}, "
-            f"patch {kernel[0] if kernel else '?'}, {tokens[1] if tokens else '?'} tokens")
+def describe_shapes(shapes):
+    """Width, patch (or ResNet stem) and token count read off a checkpoint's shapes."""
+    kernels = [s for s in shapes if len(s) == 4]
+    tokens = next((s[1] for s in shapes if len(s) == 3 and s[0] == 1 and s[1] > 1), "?")
+    width = shapes[0][-1] if shapes else "?"
+    if (7, 7, 3, 64) in kernels:  # conv_root: a hybrid; each unit has one 3x3 conv
+        units = sum(1 for s in kernels if s[:2] == (3, 3))
+        return (f"a hybrid ResNet+ViT with a {units}-unit ResNet stem (R26 has 8, R50 16), "
+                f"width {width}, {tokens} tokens")
+    patch = next((s[0] for s in kernels if s[2] == 3), "?")
+    return f"width {width}, patch {patch}, {tokens} tokens"
+
+
+def describe_architecture(arch):
+    """The model, in the words of `describe_shapes`."""
+    if arch.resnet_units:
+        return (f"a hybrid ResNet+ViT with a {sum(arch.resnet_units)}-unit ResNet stem, "
+                f"width {arch.hidden_dim}, {arch.num_tokens} tokens")
+    return f"width {arch.hidden_dim}, patch {arch.patch_size}, {arch.num_tokens} tokens"
 
 
 def _count_hint(surplus, include_top):

@@ -4,7 +4,7 @@ import zipfile
 
 import numpy as np
 
-from vit_hub.conversion.name_map import original_to_linen
+from vit_hub.conversion.name_map import canonical, original_to_linen
 from vit_hub.errors import ConversionError
 
 
@@ -30,4 +30,4 @@ def read_npz(path, include_top):
         ) from None
     if not include_top:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("head/")}
-    return {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+    return {k: np.asarray(canonical(k, v), np.float32) for k, v in tensors.items()}

@@ -3,8 +3,14 @@
 The hub side runs through `hub.KerasLayer` (tf_keras), as users of the published models
 run it. Both see the same deterministic inputs in [-1, 1]. In float32 the two are the
 same computation in a different order (XLA-compiled jax2tf graph vs Keras ops), so they
-differ by rounding only: ~1e-6 on tiny models, ~1e-5 at full size. Anything above 1e-4
-max abs difference means a wrong tensor or a wrong equation, and fails.
+differ by rounding only: ~1e-6 on tiny models, ~1e-5 at full size (ViT-B/32, R26+S/32).
+
+The gate allows 1e-4 per unit of the hub output's magnitude (max |output|, at least 1):
+float32 rounding grows with the values and the depth. On R50+L/32 (a 16-unit ResNet stem
+and 24 blocks, features up to 3.2) the hub model's own float32 output is 1.7e-4 from a
+float64 run of the same network, the native one 8.4e-5, so 1e-4 absolute would reject
+the more exact of the two. A wrong tensor or equation moves outputs by 1e-2 to 1, far
+above the gate.
 """
 
 import dataclasses
@@ -23,8 +29,9 @@ class ParityReport:
     cosine: float
     top1_agreement: float | None = None
     top5_agreement: float | None = None
-    tolerance: float = TOLERANCE
+    tolerance: float = TOLERANCE  # as applied: TOLERANCE x the output scale
     batch: int = 0
+    scale: float = 1.0  # max |hub output|, at least 1
 
     @property
     def passed(self):
@@ -53,9 +60,19 @@ def parity_inputs(image_size, batch=4, seed=0):
 
 def hub_outputs(saved_model_dir, inputs):
     """The hub model's outputs through `hub.KerasLayer`, as its users call it."""
+    import logging
+
     import tensorflow_hub as hub
 
-    layer = hub.KerasLayer(str(saved_model_dir), trainable=False)
+    # Loading an fe model logs "Importing a function ... with ops with unsaved custom
+    # gradients" once per gradient function: true, and beside the point of a forward pass.
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        layer = hub.KerasLayer(str(saved_model_dir), trainable=False)
+    finally:
+        absl.setLevel(level)
     return np.asarray(layer(inputs))
 
 
@@ -73,6 +90,7 @@ def compare(native, reference, classification):
         max_rel=float((diff / (np.abs(reference) + 1e-6)).max()),
         cosine=float(cosines.min()),
         batch=len(native),
+        scale=float(max(1.0, np.abs(reference).max())),
     )
     if classification:
         top5_native = np.argsort(-native, -1)[:, :5]
@@ -85,15 +103,17 @@ def compare(native, reference, classification):
 
 
 def check_parity(model, saved_model_dir, batch=4, tolerance=TOLERANCE):
-    """Runs both models; returns the report, or raises ParityError above `tolerance`."""
+    """Runs both models; returns the report, or raises ParityError above `tolerance` per
+    unit of the hub output's magnitude."""
     inputs = parity_inputs(model.image_size, batch)
     report = compare(model.predict(inputs, verbose=0), hub_outputs(saved_model_dir, inputs),
                      classification=model.include_top)
-    report.tolerance = tolerance
+    report.tolerance = tolerance * report.scale
     if not report.passed:
         raise ParityError(
             f"Parity check failed for {saved_model_dir}: {report.summary()} exceeds the "
-            f"tolerance {tolerance:.0e}. The checkpoint's tensors are in an unexpected "
-            "order or the checkpoint is not this variant; nothing was written."
+            f"tolerance {report.tolerance:.1e} ({tolerance:.0e} x the output scale "
+            f"{report.scale:.2f}). The checkpoint's tensors are in an unexpected order or "
+            "the checkpoint is not this variant; nothing was written."
         )
     return report

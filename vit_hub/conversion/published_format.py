@@ -43,6 +43,9 @@ class HubConfig:
     mlp_dim: int
     num_classes: int = 1000
     image_size: int = 224
+    # Hybrids: bottleneck units of the 4 ResNet stages; patch_size is then the stem's
+    # stride, 32, and the embedding a 1x1 conv on the stem's output.
+    resnet_units: tuple = ()
 
     @property
     def num_tokens(self) -> int:
@@ -50,13 +53,15 @@ class HubConfig:
         return (self.image_size // self.patch_size) ** 2 + 1
 
 
-# The plain ViTs of the table in hub-format.md (the hybrids are not built here).
+# The table in hub-format.md.
 ARCHS = {
     "s16": HubConfig(16, 384, 12, 6, 1536),
     "b8": HubConfig(8, 768, 12, 12, 3072),
     "b16": HubConfig(16, 768, 12, 12, 3072),
     "b32": HubConfig(32, 768, 12, 12, 3072),
     "l16": HubConfig(16, 1024, 24, 16, 4096),
+    "r26_s32": HubConfig(32, 384, 12, 6, 1536, resnet_units=(2, 2, 2, 2)),
+    "r50_l32": HubConfig(32, 1024, 24, 16, 4096, resnet_units=(3, 4, 6, 3)),
 }
 
 
@@ -122,8 +127,98 @@ class Encoder(nn.Module):
         return nn.LayerNorm(name="encoder_norm")(x)
 
 
+# --------------------------------------------------------------------------
+# The hybrids' ResNet stem (vit_jax/models_resnet.py and the root block of
+# vit_jax/models.py, 2021): weight-standardised convs, GroupNorm(32, eps 1e-6).
+# --------------------------------------------------------------------------
+
+
+class StdConv(nn.Conv):
+    """nn.Conv whose kernel is standardised each time it is read: per output channel,
+    population std, epsilon 1e-5 added to the std."""
+
+    def param(self, name, init_fn, *init_args, **init_kwargs):
+        value = super().param(name, init_fn, *init_args, **init_kwargs)
+        if name != "kernel":
+            return value
+        value = value - jnp.mean(value, axis=(0, 1, 2), keepdims=True)
+        return value / (jnp.std(value, axis=(0, 1, 2), keepdims=True) + 1e-5)
+
+
+def _std_conv(features, kernel, strides, name):
+    return StdConv(features, (kernel, kernel), (strides, strides), use_bias=False, name=name)
+
+
+def _group_norm(name):
+    # Current flax keeps the 2021 defaults (32 groups, epsilon 1e-6, variance as
+    # E[x^2] - E[x]^2); spelled out because the checkpoints depend on them.
+    return nn.GroupNorm(num_groups=32, epsilon=1e-6, name=name)
+
+
+class ResidualUnit(nn.Module):
+    """Bottleneck unit; the projection depends on the traced input shape."""
+
+    features: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        residual = x
+        if x.shape[-1] != 4 * self.features or self.strides != 1:
+            residual = _std_conv(4 * self.features, 1, self.strides, "conv_proj")(x)
+            residual = _group_norm("gn_proj")(residual)
+        y = nn.relu(_group_norm("gn1")(_std_conv(self.features, 1, 1, "conv1")(x)))
+        y = nn.relu(_group_norm("gn2")(_std_conv(self.features, 3, self.strides, "conv2")(y)))
+        y = _group_norm("gn3")(_std_conv(4 * self.features, 1, 1, "conv3")(y))
+        return nn.relu(residual + y)
+
+
+class ResNetStage(nn.Module):
+    units: int
+    features: int
+    first_strides: int
+
+    @nn.compact
+    def __call__(self, x):
+        for u in range(1, self.units + 1):
+            strides = self.first_strides if u == 1 else 1
+            x = ResidualUnit(self.features, strides, name=f"unit{u}")(x)
+        return x
+
+
+def _resnet_stem(x, units, width=64):
+    """Root and stages, created in the caller's scope: as in the 2021 VisionTransformer,
+    `conv_root`, `gn_root` and `block1`..`block4` are its direct children."""
+    x = nn.relu(_group_norm("gn_root")(_std_conv(width, 7, 2, "conv_root")(x)))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    for stage, count in enumerate(units, start=1):
+        x = ResNetStage(count, width * 2 ** (stage - 1), 1 if stage == 1 else 2,
+                        name=f"block{stage}")(x)
+    return x
+
+
+def _map_group_norm(tree, fn, module=""):
+    """`tree` with `fn` applied to every GroupNorm scale and bias."""
+    if not isinstance(tree, dict):
+        return tree
+    return {k: fn(v) if module.startswith("gn") and k in ("scale", "bias")
+            else _map_group_norm(v, fn, k) for k, v in tree.items()}
+
+
+def to_published_layout(params):
+    """GroupNorm scale/bias as (1, 1, 1, C), as flax 0.3.3 stored them in the published
+    checkpoints (current flax stores (C,))."""
+    return _map_group_norm(params, lambda a: a.reshape((1, 1, 1, -1)))
+
+
+def to_current_flax(params):
+    """GroupNorm scale/bias as (C,), what current flax's GroupNorm applies."""
+    return _map_group_norm(params, lambda a: jnp.reshape(a, (-1,)))
+
+
 class VisionTransformer(nn.Module):
-    """ViT with class token; ``num_classes=None`` gives the fe model."""
+    """ViT with class token; ``num_classes=None`` gives the fe model; ``resnet_units``
+    puts the hybrids' ResNet stem before a 1x1 patch embedding."""
 
     patch_size: int
     hidden_dim: int
@@ -131,14 +226,17 @@ class VisionTransformer(nn.Module):
     num_heads: int
     mlp_dim: int
     num_classes: Optional[int] = None
+    resnet_units: tuple = ()
 
     @nn.compact
     def __call__(self, inputs, *, train: bool = False):
         del train  # No dropout at all: the exported models are inference graphs.
-        p = self.patch_size
+        x, p = inputs, self.patch_size
+        if self.resnet_units:
+            x, p = _resnet_stem(x, self.resnet_units), 1
         # Patch embedding as one conv, kernel = stride = patch (HWIO kernel).
         x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding="VALID",
-                    name="embedding")(inputs)
+                    name="embedding")(x)
         n, h, w, c = x.shape
         x = jnp.reshape(x, (n, h * w, c))
         cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
@@ -164,7 +262,8 @@ def make_model(config: HubConfig, kind: str) -> VisionTransformer:
         patch_size=config.patch_size, hidden_dim=config.hidden_dim,
         num_layers=config.num_layers, num_heads=config.num_heads,
         mlp_dim=config.mlp_dim,
-        num_classes=config.num_classes if kind == "classification" else None)
+        num_classes=config.num_classes if kind == "classification" else None,
+        resnet_units=tuple(config.resnet_units))
 
 
 def _kind_of(params) -> str:
@@ -221,7 +320,7 @@ def init_params(config: HubConfig, kind: str, seed: int = 0) -> dict:
             return _random_leaf(rng, path, tree.shape).astype(np.float32)
         return {k: fill(tree[k], path + (k,)) for k in sorted(tree)}
 
-    return fill(param_shapes(config, kind), ())
+    return to_published_layout(fill(param_shapes(config, kind), ()))
 
 
 def _to_dict(tree) -> Any:
@@ -234,8 +333,8 @@ def _to_dict(tree) -> Any:
 def flax_apply(params: dict, config: HubConfig, images) -> np.ndarray:
     """The reference forward pass: fe (B, D) or classification logits."""
     model = make_model(config, _kind_of(params))
-    out = model.apply({"params": params}, jnp.asarray(images, jnp.float32),
-                      train=False)
+    out = model.apply({"params": to_current_flax(params)},
+                      jnp.asarray(images, jnp.float32), train=False)
     return np.asarray(out)
 
 
@@ -265,8 +364,8 @@ def export_saved_model(params: dict, config: HubConfig, kind: str, out_dir: str,
     size = config.image_size
     model = make_model(config, kind)
 
-    def predict_fn(p, inputs):
-        return model.apply({"params": p}, inputs, train=False)
+    def predict_fn(p, inputs):  # p in the published layout, as the variables hold it
+        return model.apply({"params": to_current_flax(p)}, inputs, train=False)
 
     # Only the batch is polymorphic; fe keeps gradients for fine-tuning.
     tf_fn = jax2tf.convert(
@@ -349,7 +448,7 @@ def read_npz(path: str) -> dict:
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
             node[parts[-1]] = np.asarray(data[key], np.float32)
-    return params
+    return to_published_layout(params)  # later npz files store GroupNorm as (C,)
 
 
 def config_from_params(params: dict, image_size: int, num_heads: int) -> HubConfig:
@@ -361,9 +460,11 @@ def config_from_params(params: dict, image_size: int, num_heads: int) -> HubConf
     if num_heads and num_heads != heads:
         raise ConfigError(f"--num-heads {num_heads} but the npz has {heads}")
     kernel = params["embedding"]["kernel"]
+    # A hybrid's stem: units per stage `block{s}`; its embedding is a 1x1 conv.
+    units = tuple(len(params[f"block{s}"]) for s in range(1, 5) if f"block{s}" in params)
     return HubConfig(
-        patch_size=kernel.shape[0], hidden_dim=kernel.shape[-1],
+        patch_size=32 if units else kernel.shape[0], hidden_dim=kernel.shape[-1],
         num_layers=len(blocks), num_heads=heads,
         mlp_dim=block0["MlpBlock_0"]["Dense_0"]["kernel"].shape[-1],
         num_classes=params["head"]["kernel"].shape[-1] if "head" in params else 1000,
-        image_size=image_size)
+        image_size=image_size, resnet_units=units)
