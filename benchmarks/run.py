@@ -113,7 +113,10 @@ def smoke_fields(name):
     """The catalogue fields of `name`'s tiny stand-in."""
     import vit_hub
 
-    return {**vit_hub.get_entry(name).to_dict(), "variant": SMOKE_VARIANT[0], "image_size": 32}
+    entry = vit_hub.get_entry(name)
+    owner, model, framework, variation, version = entry.handle.split("/")
+    return {**entry.to_dict(), "variant": SMOKE_VARIANT[0], "image_size": 32,
+            "handle": f"{owner}/{model}/{framework}/{variation}-smoke/{version}"}
 
 
 def register_smoke(name, fields):

@@ -31,7 +31,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
 
 # `python examples/NAME.py` puts examples/ first on sys.path: the shared helpers are found there.
-from shared import BACKBONE as NAME, load_digits, plot, pretrained_backbone, split  # noqa: E402
+from shared import BACKBONE as NAME, load_digits, merge, plot, pretrained_backbone, split, train  # noqa: E402,E501
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 10
@@ -76,25 +76,6 @@ def build_model(backbone, image_size):
     features = keras.layers.Dropout(0.2, name="head_dropout")(features)
     outputs = keras.layers.Dense(NUM_CLASSES, name="classifier")(features)
     return keras.Model(inputs, outputs, name="digits_vit")
-
-
-def train(model, learning_rate, epochs, train_data, val_data, batch_size):
-    """Compiles (needed after changing `trainable`) and fits; returns the history dict."""
-    import keras
-
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    history = model.fit(*train_data, validation_data=val_data, epochs=epochs,
-                        batch_size=batch_size, verbose=2)
-    return history.history
-
-
-def merge(*histories):
-    """The per-epoch histories of consecutive phases, concatenated."""
-    return {key: sum((h[key] for h in histories), []) for key in histories[0]}
 
 
 def check_reload(model, path, images):

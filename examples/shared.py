@@ -58,12 +58,11 @@ def plot(history, path, title, phase_boundary=None):
     plt.close(fig)
 
 
-def pretrained_backbone():
-    """(loader, description, stand_in) for `vit_b32_fe`: `loader(**model_kwargs)` loads it
-    from the user cache, else from the demo's cache (out/demo-cache), running
-    examples/demo.py first when neither has it. `stand_in` is True for the demo's
-    test-built checkpoint with RANDOM weights (no network here to fetch the real one)."""
-    import vit_hub
+def backbone_cache():
+    """(cache_dir, description, stand_in) holding `vit_b32_fe`: the user cache, else the
+    demo's cache (out/demo-cache), running examples/demo.py first when neither has it.
+    `stand_in` is True for the demo's test-built checkpoint with RANDOM weights (no
+    network here to fetch the real one)."""
     from vit_hub.cache import CacheEntry
 
     if CacheEntry(BACKBONE).state() != "ok" and CacheEntry(BACKBONE, DEMO_CACHE).state() != "ok":
@@ -71,8 +70,36 @@ def pretrained_backbone():
         print(f"No {BACKBONE} in any cache: running examples/demo.py first.")
         runpy.run_path(os.path.join(REPO, "examples", "demo.py"), run_name="__main__")
     if CacheEntry(BACKBONE).state() == "ok":
-        return (partial(vit_hub.load_pretrained, BACKBONE, offline=True),
-                "the converted checkpoint in the user cache", False)
-    return (partial(vit_hub.load_pretrained, BACKBONE, cache_dir=DEMO_CACHE, offline=True),
-            "the TEST-BUILT stand-in in out/demo-cache with RANDOM weights (not pretrained)",
-            True)
+        return None, "the converted checkpoint in the user cache", False
+    return (DEMO_CACHE, "the TEST-BUILT stand-in in out/demo-cache with RANDOM weights "
+            "(not pretrained)", True)
+
+
+def pretrained_backbone():
+    """(loader, description, stand_in) for `vit_b32_fe`, from `backbone_cache()`:
+    `loader(**model_kwargs)` loads it."""
+    import vit_hub
+
+    cache_dir, description, stand_in = backbone_cache()
+    return (partial(vit_hub.load_pretrained, BACKBONE, cache_dir=cache_dir, offline=True),
+            description, stand_in)
+
+
+def train(model, learning_rate, epochs, train_data, val_data, batch_size):
+    """Compiles (needed after changing `trainable`) and fits; returns the history dict."""
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = model.fit(*train_data, validation_data=val_data, epochs=epochs,
+                        batch_size=batch_size, verbose=2)
+    return history.history
+
+
+def merge(*histories):
+    """The per-epoch histories of consecutive phases, concatenated."""
+    return {key: sum((h[key] for h in histories), []) for key in histories[0]}
+

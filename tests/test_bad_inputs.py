@@ -170,10 +170,16 @@ BAD_INPUTS = {
         r"^Catalogue entry 'vit/\.\./\.\./x' is invalid: "
         r"the name must be lower-case letters, digits and '_' \(no path separators"),
     "model-without-converter": (
-        lambda c: (vit_hub.register_model("vit_unconverted_fe", {**TINY_ENTRY, "converter": None}),
-                   vit_hub.load_pretrained("vit_unconverted_fe")), NotImplementedError,
+        lambda c: (vit_hub.register_model("vit_unconverted_fe", {
+            **TINY_ENTRY, "converter": None,
+            "handle": "spsayakpaul/vision-transformer/tensorFlow2/vit-unconverted-fe/1"}),
+            vit_hub.load_pretrained("vit_unconverted_fe")), NotImplementedError,
         r"^vit_unconverted_fe \(spsayakpaul/.*\) has no native converter: its entry says "
         r"'converter': null"),
+    "catalogue-handle-of-another-model": (
+        lambda c: vit_hub.register_model("vit_twin_fe", {**TINY_ENTRY}), CatalogueError,
+        r"^model 'vit_twin_fe': the handle spsayakpaul/vision-transformer/tensorFlow2/"
+        r"vit-tiny8-fe/1 is vit_tiny8_fe's; give each model its own"),
     # checkpoints and weights files
     "wrong-checkpoint-for-the-model": (
         lambda c: _run_cli(c, CLASSIFICATION, "--source", c.inputs / "hub"), 1,
@@ -237,7 +243,7 @@ BAD_INPUTS = {
                                r"\[Errno (30|13)\] .*Choose a writable folder"),
     "cache-dir-is-a-file": (
         lambda c: vit_hub.load_pretrained(NAME, cache_dir=c.inputs / "a_file"), CacheError,
-        r"^Cannot write the vit_hub cache at .*a_file: \[Errno 20\] a file is in the way"),
+        r"^Cannot use the vit_hub cache at .*a_file: it is a file, not a folder"),
     "cli-cache-dir-is-a-file": (
         lambda c: _run_cli(c, NAME, "--cache-dir", c.inputs / "a_file"), 2,
         r"--cache-dir .*a_file is a file, not a folder"),

@@ -81,3 +81,20 @@ def test_train_from_scratch_runs_and_the_loss_decreases(tmp_path):
     loss = result["history"]["loss"]
     assert len(loss) == 3
     assert loss[-1] < loss[0]
+
+
+def test_migrate_from_hub_runs_both_phases_and_reloads(tmp_path, tiny_saved_model):
+    from tests.conftest import TINY_NAME
+    from vit_hub.conversion.pipeline import convert_into_cache
+
+    convert_into_cache(TINY_NAME, cache_dir=tmp_path / "cache", source=tiny_saved_model)
+    output = tmp_path / "migrate.png"
+    result = load_example("migrate_from_hub").main([
+        "--handle", "spsayakpaul/vision-transformer/TensorFlow2/vit-tiny8-fe",
+        "--cache-dir", os.fspath(tmp_path / "cache"), "--image-size", str(TINY_IMAGE),
+        "--samples", "64", "--epochs", "1", "--fine-tune-epochs", "1",
+        "--output", os.fspath(output),
+    ])
+    assert_png(output)
+    assert len(result["history"]["loss"]) == 2  # frozen, then unfrozen
+    assert result["reload_max_abs_diff"] < 1e-5

@@ -62,9 +62,11 @@ _LAZY = {
     "ResNetStem": "vit_hub.resnet_stem",
     "BottleneckUnit": "vit_hub.resnet_stem",
     "StandardizedConv2D": "vit_hub.resnet_stem",
+    "KerasLayer": "vit_hub.keras_layer",
 }
 
 if TYPE_CHECKING:  # what IDEs and static checkers see; at run time see __getattr__
+    from vit_hub.keras_layer import KerasLayer
     from vit_hub.attention import (
         attention_maps,
         attention_rollout,
@@ -127,7 +129,7 @@ def __getattr__(name):
     use."""
     if name in _LAZY:
         if _LAZY[name] in _KERAS_MODULES:
-            importlib.import_module("vit_hub.model")  # the layers and the model, registered
+            _register_all()
         value = getattr(importlib.import_module(_LAZY[name]), name)
     elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
         value = importlib.import_module(f"{__name__}.{name}")
@@ -141,8 +143,13 @@ def __dir__():
     return sorted({*globals(), *__all__})
 
 
-# They import Keras first thing.
-_KERAS_MODULES = {"vit_hub.layers", "vit_hub.model", "vit_hub.resnet_stem"}
+# They import Keras first thing, and define what .keras files name.
+_KERAS_MODULES = {"vit_hub.layers", "vit_hub.model", "vit_hub.resnet_stem",
+                  "vit_hub.keras_layer"}
+
+
+def _register_all():
+    importlib.import_module("vit_hub.model")  # it imports every Keras class of vit_hub
 
 
 def _register_keras_objects():
@@ -151,7 +158,7 @@ def _register_keras_objects():
     having touched a model. Keras must be imported before anything is loaded: the
     registration runs as soon as it is (now, if it already is)."""
     if "keras" in sys.modules:
-        importlib.import_module("vit_hub.model")
+        _register_all()
         return
     class AfterKerasImport(importlib.abc.MetaPathFinder):
         def find_spec(self, fullname, path=None, target=None):
@@ -166,7 +173,7 @@ def _register_keras_objects():
                     if self in sys.meta_path:
                         sys.meta_path.remove(self)
                     if not _KERAS_MODULES & set(sys.modules):
-                        importlib.import_module("vit_hub.model")
+                        _register_all()
                     # else one of them is importing Keras, half-initialised: it goes on
                     # to register its classes itself, and importing it now would cycle.
 

@@ -8,9 +8,10 @@ lock and no write access (a read-only shared cache works).
 """
 
 import os
+import stat
 
 from vit_hub.catalogue import is_name
-from vit_hub.errors import CacheError, CatalogueError  # noqa: F401  (CacheError: its old home)
+from vit_hub.errors import CacheError, CatalogueError, ConfigError
 from vit_hub.files import TEMPORARY_PREFIX, checksum_problem, read_json, remove_temporaries
 from vit_hub.weights import FORMAT_VERSION
 
@@ -28,10 +29,27 @@ def cache_root(cache_dir=None):
     return platformdirs.user_cache_dir("vit_hub", appauthor=False)
 
 
+# The values of VIT_HUB_OFFLINE (any case, surrounding blanks ignored).
+OFFLINE_VALUES = ("1", "true", "yes", "on")
+ONLINE_VALUES = ("0", "false", "no", "off", "")
+
+
 def is_offline(offline=None):
+    """`offline` if given, else what VIT_HUB_OFFLINE says: 1/true/yes/on is offline,
+    0/false/no/off or unset/empty online, anything else a ConfigError (a ValueError), so
+    a typo never silently means online."""
     if offline is not None:
         return bool(offline)
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
+    value = os.environ.get(ENV_OFFLINE, "")
+    word = value.strip().lower()
+    if word in OFFLINE_VALUES:
+        return True
+    if word in ONLINE_VALUES:
+        return False
+    raise ConfigError(
+        f"{ENV_OFFLINE}={value!r} is not a valid value: use 1, true, yes or on for offline "
+        f"mode; 0, false, no, off or empty (or leave it unset) for online."
+    )
 
 
 def check_name(name):
@@ -63,6 +81,51 @@ class CacheEntry:
 
         os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
         return filelock.FileLock(self.lock_path, timeout=timeout)
+
+    def folder_problem(self):
+        """None when each folder on the way to this entry (the root, `v<format>/`, the
+        entry's own) is a folder that can be entered, or is not there yet. Otherwise
+        (path, what): `what` is 'file' for a file where that folder should be, else the
+        OSError of looking into it (EACCES for a folder without permissions: this tries
+        the access itself, so it is exact for root too, whom permissions do not stop)."""
+        version = os.path.dirname(self.folder)
+        paths = (self.root, version, self.folder, self.metadata_path)
+        for i, path in enumerate(paths):
+            try:
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                return None  # not there yet, nor anything below it
+            except OSError as err:
+                # Looking up `path` failed: its folder cannot be entered (for the root,
+                # a folder above it).
+                return (paths[i - 1] if i else path), err
+            if i < 3 and not stat.S_ISDIR(mode):
+                return path, "file"
+        return None
+
+    def check_folders(self):
+        """CacheError when `folder_problem` finds one: it names the folder, what is wrong
+        and the way out (another cache folder, or the folder fixed)."""
+        found = self.folder_problem()
+        if found is None:
+            return
+        path, what = found
+        elsewhere = ("pass another folder as cache_dir (--cache-dir for convert-weights) or "
+                     f"in {ENV_CACHE}")
+        if what == "file":
+            where = ("it is a file, not a folder" if path == self.root else
+                     f"{path} is a file where the cache needs a folder")
+            raise CacheError(
+                f"Cannot use the vit_hub cache at {self.root}: {where}, so {self.name} can "
+                f"be neither read from it nor converted into it. Move the file away, or "
+                f"{elsewhere}."
+            )
+        detail = what.strerror or str(what)
+        raise CacheError(
+            f"Cannot use the vit_hub cache at {self.root}: the folder {path} cannot be "
+            f"read ({detail}), so {self.name} cannot be looked up in it. Make it readable "
+            f"(chmod u+rwx {path}, or ask its owner), or {elsewhere}."
+        )
 
     def metadata(self):
         """The recorded metadata; None if there is none; {} if it is unreadable."""

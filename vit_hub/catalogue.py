@@ -10,6 +10,7 @@ import functools
 import importlib.resources
 import json
 import re
+import urllib.parse
 
 from vit_hub.architecture import get_variant, image_hw, suggest
 from vit_hub.errors import CatalogueError, ConfigError, UnsupportedModelError
@@ -157,8 +158,19 @@ def register_model(name, entry, *, overwrite=False):
     if existing is not None and existing != record and not overwrite:
         raise CatalogueError(f"model {name!r} is already in the catalogue ({existing.handle});"
                              " pass overwrite=True to replace it.")
+    holder = next((other.name for other in _models().values() if other.name != name
+                   and _published_as(other.handle) == _published_as(record.handle)), None)
+    if holder:  # a handle must name one model, or resolving it would depend on order
+        raise CatalogueError(f"model {name!r}: the handle {record.handle} is {holder}'s; "
+                             "give each model its own owner/model/variation.")
     _REGISTERED[name] = record
     return record
+
+
+def _published_as(handle):
+    """owner/model/variation of a handle, the part that names a model (any case)."""
+    owner, model, _, variation, _ = handle.lower().split("/")
+    return owner, model, variation
 
 
 def list_models():
@@ -166,16 +178,122 @@ def list_models():
     return list(_models())
 
 
-def get_entry(name):
-    """The ModelEntry of `name`; CatalogueError for an unknown or malformed name."""
-    models = _models()
-    if not is_name(name):
-        raise CatalogueError(
-            f"{name!r} is not a model name: names are lower-case letters, digits and '_' "
-            f"(no '/', '\\' or '..'). {suggest(str(name), models)}"
-            f"Available: {', '.join(models)}.")
-    if name not in models:
-        raise CatalogueError(f"Unknown pretrained model {name!r}. {suggest(name, models)}"
-                             f"Available: {', '.join(models)}.")
-    return models[name]
+# What users have in their code (hub.KerasLayer(...)), parsed with strict fullmatches of
+# plain slugs, never joined into a path: each form resolves to an existing ModelEntry.
+_SLUG = r"[A-Za-z0-9][A-Za-z0-9-]*"  # no '.', '/', '%' or spaces: never '..'
+_KAGGLE_HANDLE = re.compile(  # owner/model/framework/variation[/version]
+    rf"(?P<owner>{_SLUG})/(?P<model>{_SLUG})/(?P<framework>[A-Za-z0-9]+)/(?P<variation>{_SLUG})"
+    r"(?:/(?P<version>[0-9]+))?")
+_KAGGLE_PATHS = (  # kaggle.com URL paths: short and long ('frameworks/.../variations/...')
+    re.compile(rf"/models/{_KAGGLE_HANDLE.pattern}/?"),
+    re.compile(rf"/models/(?P<owner>{_SLUG})/(?P<model>{_SLUG})/frameworks/(?P<framework>"
+               rf"[A-Za-z0-9]+)/variations/(?P<variation>{_SLUG})(?:/versions/"
+               r"(?P<version>[0-9]+))?/?"))
+_TFHUB_PATH = re.compile(r"/sayakpaul/(?P<name>[a-z0-9_]+)(?:/(?P<version>[0-9]+))?/?")
+_KAGGLE_HOSTS = ("kaggle.com", "www.kaggle.com")
+_TFHUB_HOSTS = ("tfhub.dev", "www.tfhub.dev")
+_FORMS = ("Accepted forms: a model name ('vit_b16_fe'), its kagglehub handle "
+          "('spsayakpaul/vision-transformer/tensorFlow2/vit-b16-fe', version optional), its "
+          "Kaggle URL ('https://www.kaggle.com/models/spsayakpaul/vision-transformer/"
+          "TensorFlow2/vit-b16-fe/1') or its TF-Hub URL ('https://tfhub.dev/sayakpaul/"
+          "vit_b16_fe/1').")
 
+
+def _parse_handle(text):
+    """What a non-name string refers to: ('kaggle', owner, model, framework, variation,
+    version) for a kagglehub handle or kaggle.com URL, ('tfhub', name, version) for a
+    tfhub.dev/sayakpaul URL (version None when not given); None for anything else."""
+    if not re.fullmatch(r"[\x21-\x7e]+", text):  # printable ASCII, no spaces or controls
+        return None
+    if "://" not in text:
+        match = _KAGGLE_HANDLE.fullmatch(text)
+        return match and ("kaggle", *match.group("owner", "model", "framework", "variation",
+                                                  "version"))
+    try:
+        url = urllib.parse.urlsplit(text)
+    except ValueError:
+        return None
+    if url.scheme.lower() not in ("http", "https") or url.fragment:
+        return None
+    host = url.netloc.lower()  # exact: no user, password or port
+    if host in _TFHUB_HOSTS and url.query in ("", "tf-hub-format=compressed"):
+        match = _TFHUB_PATH.fullmatch(url.path)
+        return match and ("tfhub", *match.group("name", "version"))
+    if host in _KAGGLE_HOSTS and not url.query:
+        match = next(filter(None, (p.fullmatch(url.path) for p in _KAGGLE_PATHS)), None)
+        return match and ("kaggle", *match.group("owner", "model", "framework", "variation",
+                                                  "version"))
+    return None
+
+
+def _find(text, parsed, models):
+    """The entry `parsed` (from _parse_handle) names; CatalogueError saying what is close."""
+    if parsed[0] == "tfhub":  # TF-Hub published only the shipped models
+        shipped = _shipped()
+        if parsed[1] not in shipped:
+            raise CatalogueError(f"{text!r} is not a vit_hub model: tfhub.dev/sayakpaul has no "
+                                 f"{parsed[1]!r} here. {suggest(parsed[1], shipped)}{_FORMS}")
+        return shipped[parsed[1]]
+    owner, model, framework, variation = (part.lower() for part in parsed[1:5])
+    published = {}  # (owner, model) -> {variation: entry}
+    for entry in models.values():
+        parts = entry.handle.lower().split("/")
+        published.setdefault(tuple(parts[:2]), {})[parts[3]] = entry
+    variations = published.get((owner, model))
+    if variations is None:
+        close = suggest("/".join(filter(None, parsed[1:])), [e.handle for e in models.values()])
+        raise CatalogueError(f"{text!r} is not in the vit_hub catalogue: its models are "
+                             f"published as {', '.join('/'.join(k) for k in published)}. "
+                             f"{close}{_FORMS}")
+    entry = variations.get(variation)
+    if entry is None:
+        raise CatalogueError(f"Unknown variation {parsed[4]!r} of {owner}/{model} in {text!r}. "
+                             f"{suggest(variation, variations)}{_FORMS}")
+    if entry.handle.split("/")[2].lower() != framework:
+        raise CatalogueError(f"{text!r}: vit_hub converts the {entry.handle.split('/')[2]!r} "
+                             f"framework of {owner}/{model}/{variation} ({entry.name}), not "
+                             f"{parsed[3]!r}.")
+    return entry
+
+
+def get_entry(name):
+    """The ModelEntry of a model, given as any form users have in their code:
+      - its name: 'vit_b16_fe';
+      - its kagglehub handle, framework in any case, version optional:
+        'spsayakpaul/vision-transformer/tensorFlow2/vit-b16-fe/1';
+      - its Kaggle URL, short or long, version optional (http(s), 'www.', trailing '/'):
+        'https://www.kaggle.com/models/spsayakpaul/vision-transformer/TensorFlow2/vit-b16-fe/1',
+        'https://www.kaggle.com/models/spsayakpaul/vision-transformer/frameworks/TensorFlow2/'
+        'variations/vit-b16-fe/versions/1';
+      - its TF-Hub URL (shipped models), '?tf-hub-format=compressed' and version optional:
+        'https://tfhub.dev/sayakpaul/vit_b16_fe/1'.
+    Registered models resolve by their own handle's owner/model/variation. A version other
+    than the pinned one, or anything else, is a CatalogueError saying what is close."""
+    models = _models()
+    if not isinstance(name, str):
+        raise CatalogueError(f"{name!r} is not a model name or handle: expected a string. "
+                             f"{_FORMS}")
+    if is_name(name):
+        if name not in models:
+            raise CatalogueError(f"Unknown pretrained model {name!r}. {suggest(name, models)}"
+                                 f"Available: {', '.join(models)}.")
+        return models[name]
+    parsed = _parse_handle(name)
+    if parsed is None:
+        close = next(filter(None, (suggest(piece, models) for piece in
+                                   reversed(re.split(r"[/\\?#=&]+", name)) if piece)), "")
+        what = ("a Kaggle or TF-Hub URL of a vit_hub model (kaggle.com/models/<owner>/<model>/"
+                "<framework>/<variation>[/<version>] or tfhub.dev/sayakpaul/<name>[/<version>])"
+                if "://" in name else
+                "a model name: names are lower-case letters, digits and '_' "
+                "(no '/', '\\' or '..')")
+        raise CatalogueError(f"{name!r} is not {what}. {close}{_FORMS} "
+                             f"Available: {', '.join(models)}.")
+    entry, version = _find(name, parsed, models), parsed[-1]
+    pinned = entry.handle.rsplit("/", 1)[1]
+    if version is not None and int(version) != int(pinned):
+        raise CatalogueError(
+            f"{name!r} asks for version {version} of {entry.name}, but vit_hub pins version "
+            f"{pinned} ({entry.handle}): only that version is converted and verified. Leave "
+            f"the version out or use {pinned}.")
+    return entry

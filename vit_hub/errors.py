@@ -66,3 +66,7 @@ class OutputExistsError(VitHubError, FileExistsError):
 
 class MissingDependencyError(VitHubError, ImportError):
     """An optional package that this feature needs is not installed."""
+
+
+class ArgumentError(VitHubError, TypeError):
+    """An unknown or misspelt keyword argument."""

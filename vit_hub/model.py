@@ -6,6 +6,9 @@ The computation is, layer for layer, the Flax model behind the Kaggle / TF-Hub c
 `spsayakpaul/vision-transformer`: inputs are RGB in [-1, 1].
 """
 
+import functools
+import inspect
+
 import keras
 
 from vit_hub.layers import (
@@ -15,8 +18,14 @@ from vit_hub.layers import (
     TokenPooling,
     TransformerBlock,
 )
-from vit_hub.architecture import RESNET_STRIDE, check_resnet_units, image_hw, variant_config
-from vit_hub.errors import ConfigError
+from vit_hub.architecture import (
+    RESNET_STRIDE,
+    check_resnet_units,
+    image_hw,
+    suggest,
+    variant_config,
+)
+from vit_hub.errors import ArgumentError, ConfigError, ImageTypeError
 from vit_hub.resnet_stem import ResNetStem
 
 
@@ -30,6 +39,74 @@ def _check_image_size(image_size, patch_size):
             f"or pick a multiple of {patch_size} (e.g. {multiples})."
         )
     return height, width
+
+
+# What `keras.Model.__init__` gets besides the model's own arguments: what get_config()
+# records and from_config() passes back.
+KERAS_KWARGS = ("name", "dtype", "trainable")
+
+
+def check_kwargs(function, kwargs, valid, takes=None):
+    """ArgumentError (a TypeError) unless every key of `kwargs` is in `valid`: it names the
+    unknown ones, the closest valid one, and what `function` takes (`takes`, default the
+    list of `valid`)."""
+    unknown = [key for key in kwargs if key not in valid]
+    if not unknown:
+        return
+    if len(unknown) == 1:
+        what = f"an unexpected keyword argument {unknown[0]!r}. {suggest(unknown[0], valid)}"
+    else:
+        named = []
+        for key in unknown:
+            hint = suggest(key, valid).strip()
+            named.append(f"{key!r}" + (f" ({hint[0].lower()}{hint[1:]})" if hint else ""))
+        what = f"unexpected keyword arguments {', '.join(named)}. "
+    takes = takes or f"Valid keyword arguments: {', '.join(valid)}."
+    raise ArgumentError(f"{function}() got {what}{takes}")
+
+
+@functools.cache
+def model_kwargs():
+    """The keyword arguments a `VisionTransformer` takes: those of its __init__, then the
+    Keras ones it passes on (name, dtype, trainable)."""
+    parameters = inspect.signature(VisionTransformer.__init__).parameters.values()
+    own = [p.name for p in parameters if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+    return tuple(own) + KERAS_KWARGS
+
+
+def check_images(images, where):
+    """ImageTypeError unless the images given to a model are floats: integer images
+    (uint8 0..255) would otherwise be cast to float32 as they are by Keras (in the
+    functional model's input conversion) and computed at 255x the range the model takes.
+    Only dtypes are looked at, never values: the check costs nothing."""
+    if isinstance(images, dict):
+        leaves = images.values()
+    elif isinstance(images, (list, tuple)):
+        leaves = images
+    else:
+        leaves = (images,)
+    for leaf in leaves:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:
+            continue
+        try:
+            dtype = keras.backend.standardize_dtype(dtype)
+            is_float = keras.backend.is_float_dtype(dtype)
+        except (TypeError, ValueError, AttributeError):
+            dtype, is_float = str(dtype), False
+        if is_float:
+            continue
+        if dtype == "uint8":
+            extra = ""
+        elif "int" in dtype:
+            extra = (", cast to uint8 if they are pixels 0..255 (preprocess takes uint8 "
+                     "0..255 or floats in [0, 1])")
+        else:
+            extra = " (it takes uint8 0..255 or floats in [0, 1])"
+        raise ImageTypeError(
+            f"{where} got {dtype} images: the model takes float32 in [-1, 1]; pass them "
+            f"through vit_hub.preprocess(images) (uint8 0..255 -> [-1, 1]) first{extra}."
+        )
 
 
 @keras.saving.register_keras_serializable(package="vit_hub")
@@ -52,6 +129,11 @@ class VisionTransformer(keras.Model):
             of the 4 stages of its ResNet stem ((2, 2, 2, 2) in R26+S/32, (3, 4, 6, 3) in
             R50+L/32). The stem downsamples by 32 (`patch_size` must be 32) and each cell
             of its output grid becomes a token through a 1x1 convolution.
+        name, dtype, trainable: as for any Keras model (`dtype` is the layers' policy,
+            e.g. 'mixed_bfloat16'). Any other keyword is an ArgumentError (a TypeError).
+
+    Images are float32 in [-1, 1] (see `vit_hub.preprocess`); integer images (uint8
+    0..255) are refused with an ImageTypeError rather than computed out of range.
     """
 
     def __init__(
@@ -72,6 +154,7 @@ class VisionTransformer(keras.Model):
         resnet_units=(),
         **kwargs,
     ):
+        check_kwargs(type(self).__name__, kwargs, model_kwargs())
         height, width = _check_image_size(image_size, patch_size)
         resnet_units = check_resnet_units(resnet_units)
         if resnet_units and patch_size != RESNET_STRIDE:
@@ -158,6 +241,13 @@ class VisionTransformer(keras.Model):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.resnet_units = resnet_units
 
+    def __call__(self, *args, **kwargs):
+        # Every path in goes through here with the images as given: eager calls, and
+        # predict/fit/evaluate (their steps call the model on the batches, of the dtype
+        # the data had), before Keras's input conversion casts them to float32.
+        check_images(args[0] if args else kwargs.get("inputs"), f"Model {self.name!r}")
+        return super().__call__(*args, **kwargs)
+
     @property
     def num_patches(self):
         rows, columns = self.grid_size
@@ -177,6 +267,7 @@ class VisionTransformer(keras.Model):
         (B, heads, tokens, tokens); with `return_intermediates`, a list with every block's
         output tokens (before the final norm). They follow the tokens in that order.
         """
+        check_images(images, f"Model {self.name!r}")
         trace = [] if return_attention or return_intermediates else None
         tokens = _encode(
             images, self.embedding_layers, self.blocks, self.encoder_norm, training, trace
@@ -252,7 +343,10 @@ def create_vit(
 ):
     """Builds a ViT variant (`vit_ti16` ... `vit_h16`, see `list_variants()`) with fresh
     weights. Extra kwargs override the variant's architecture or go to the model
-    (e.g. `attention_dropout`, `classifier_activation`, `dtype`)."""
+    (e.g. `attention_dropout`, `classifier_activation`, `dtype`): an unknown one is an
+    ArgumentError (a TypeError) naming the closest valid one."""
+    # `name` is the variant here; the model is named after it.
+    check_kwargs("create_vit", kwargs, tuple(k for k in model_kwargs() if k != "name"))
     config = {**variant_config(name), **kwargs}
     config.setdefault("name", name)
     return VisionTransformer(
@@ -330,3 +424,7 @@ def create_vit_r50_l32(**kwargs):
     """R50+L/32, a ResNet-50 stem before ViT-L (width 1024, 24 blocks, 16 heads):
     `create_vit('vit_r50_l32', **kwargs)`."""
     return create_vit("vit_r50_l32", **kwargs)
+
+
+# Every class a vit_hub `.keras` file can name is registered once the model is.
+from vit_hub import keras_layer as _keras_layer  # noqa: E402,F401

@@ -5,6 +5,7 @@ tensorflow_hub nor kagglehub is imported. A miss downloads through kagglehub, co
 checks parity against the hub model and caches, under a file lock (see vit_hub.conversion).
 """
 
+import inspect
 import os
 import warnings
 
@@ -29,8 +30,9 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
         offline: never touch the network (default: $VIT_HUB_OFFLINE=1).
         verify: also re-run the parity check against the hub model (needs its download).
         weights: path of a converted weights file to load instead of the cache.
-        **model_kwargs: `VisionTransformer` arguments, e.g. `dropout`, `dtype`, `name`,
-            and those that reshape the model:
+        **model_kwargs: `VisionTransformer` arguments, e.g. `dropout`, `dtype`,
+            `trainable` (any other keyword is an ArgumentError, a TypeError, raised
+            before the cache is looked at), and those that reshape the model:
             `image_size` (int or (height, width), multiples of the patch size): the
                 position embeddings are resampled bicubically (class token kept); a
                 warning says that accuracy at the new size needs fine-tuning.
@@ -38,7 +40,10 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
             `include_top=True, num_classes=N` on an fe model: a new head on the
                 class token. `include_top=False` on a classification model drops it.
     """
+    _check_model_kwargs("load_pretrained", model_kwargs, _keyword_only(load_pretrained),
+                        positional=("name",))
     entry = get_entry(name)
+    name = entry.name  # the catalogue's name, whatever form the caller used
     published = entry.architecture  # no converter: fails here, before any download
     if weights is not None:
         path = os.fspath(weights)
@@ -61,6 +66,7 @@ def load_weights(path, **model_kwargs):
     model without head returns the class token, and `model_kwargs` may resize it or give
     it a new head. The file is checked against the sha256 of its `.json`, if it has one.
     """
+    _check_model_kwargs("load_weights", model_kwargs)
     path = os.fspath(path)
     _check_sidecar_checksum(path)
     tensors, architecture = read_weights_file(path)
@@ -70,10 +76,13 @@ def load_weights(path, **model_kwargs):
 def cached_weights(name, cache_dir=None, offline=None):
     """The path of `name`'s verified weights in the cache, converting on a miss."""
     cache = CacheEntry(name, cache_dir)
+    offline = is_offline(offline)  # a bad VIT_HUB_OFFLINE is an error, hit or miss
     problem = cache.problem()  # hashes the weights: once per load
     if problem is None:
         return cache.weights_path
-    offline = is_offline(offline)
+    # A file where a cache folder should be, or a folder that cannot be entered, said as
+    # such (not as a missing entry), online as offline, before anything is downloaded.
+    cache.check_folders()
     if cache.metadata() is not None:  # an entry, but corrupt ('corrupt' in state())
         message = (f"The cache entry of {name} in {cache.folder} is not valid: "
                    f"{problem}; it is not loaded.")
@@ -95,6 +104,23 @@ def cached_weights(name, cache_dir=None, offline=None):
         raise CacheError(f"The cache entry of {name} in {cache.folder} is still not valid "
                          "after converting; delete that folder and try again.")
     return cache.weights_path
+
+
+def _check_model_kwargs(function, model_kwargs, own=(), positional=()):
+    """ArgumentError (a TypeError) for a keyword that is neither one of `function`'s own
+    (`own`) nor a `VisionTransformer` one, naming the closest and all valid ones. Model
+    keywords that are `function`'s `positional` parameters cannot be passed: not listed."""
+    from vit_hub.model import check_kwargs, model_kwargs as valid_model_kwargs
+
+    model = tuple(k for k in valid_model_kwargs() if k not in positional)
+    takes = f"It takes {', '.join(own)} and" if own else "It takes"
+    check_kwargs(function, model_kwargs, own + model,
+                 f"{takes} the model's keyword arguments: {', '.join(model)}.")
+
+
+def _keyword_only(function):
+    return tuple(p.name for p in inspect.signature(function).parameters.values()
+                 if p.kind is p.KEYWORD_ONLY)
 
 
 def _check_sidecar_checksum(path):

@@ -62,13 +62,11 @@ def main(argv=None):
     if args.all:
         names = [n for n in list_models() if get_entry(n).converter]
     else:
-        names = args.names
-        for name in names:
-            try:
-                get_entry(name)
-            except VitHubError as err:
-                print(f"convert-weights: {err}", file=sys.stderr)
-                return 2
+        try:  # the catalogue's names, whatever form was given
+            names = [get_entry(name).name for name in args.names]
+        except VitHubError as err:
+            print(f"convert-weights: {err}", file=sys.stderr)
+            return 2
     rows = [convert_one(name, args) for name in names]
     print_table(["model", "result", "parity max abs", "seconds", "weights"], rows)
     return 0 if all(row[1] in ("converted", "cached") for row in rows) else 1

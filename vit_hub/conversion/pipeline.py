@@ -85,7 +85,7 @@ def convert_into_cache(name, *, cache_dir=None, source=None, reference=None, ver
     """
     entry = get_entry(name)
     entry.architecture  # no converter: UnsupportedModelError here, before any download
-    cache = CacheEntry(name, cache_dir)
+    cache = CacheEntry(entry.name, cache_dir)
     step = progress or (lambda _: None)
     if not force and cache.state() == "ok":
         metadata = cache.metadata()
