@@ -3,6 +3,7 @@ through the public API, as a user would add a private model), a test-built check
 the published format, and clean cache environments."""
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -66,6 +67,26 @@ def tiny_hub_config():
     from vit_hub.conversion import published_format
 
     return published_format.HubConfig(8, 32, 2, 4, 64, num_classes=1000, image_size=TINY_IMAGE)
+
+
+@pytest.fixture(autouse=True)
+def free_memory_after_each_test():
+    """Releases what a test's models left in Keras' global state and gives the freed
+    memory back, so that one pytest process runs the whole suite within the machine's
+    24 GB (full-size ViT-B/8, R50+L/32 and ViT-H/14 models are built along the way)."""
+    yield
+    if "keras" in sys.modules:
+        import ctypes
+        import gc
+
+        import keras
+
+        keras.backend.clear_session(free_memory=True)
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed pages otherwise
+        except (OSError, AttributeError):
+            pass
 
 
 @pytest.fixture
