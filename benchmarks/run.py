@@ -10,6 +10,8 @@ by `vit_hub.conversion.published_format` into out/bench/, and reused. Figures:
   + first call versus `hub.KerasLayer(saved_model_dir)` + first call (imports excluded);
 - steady throughput (images/s, median of repeats after warm-up, contenders interleaved)
   at each batch size: hub layer, native eager, native graph, native XLA, native bf16 XLA;
+- per Keras backend (TensorFlow, JAX, PyTorch; fresh processes, same cache): load + first
+  call, and images/s of `model(x)` and `predict_on_batch` at each batch size;
 - conversion (`convert_into_cache` from the SavedModel, fresh process): time and peak
   RSS, next to the raw I/O floor (read the source bytes, write as many bytes);
 - the machine's matmul GFLOP/s and the model's FLOPs, giving % of roofline.
@@ -154,6 +156,30 @@ elif task == "hub":
     result["load_s"] = time.perf_counter() - start
     np.asarray(layer(x))
     result["seconds"] = time.perf_counter() - start
+elif task == "backend":  # KERAS_BACKEND is set by the parent
+    import keras, vit_hub
+    batches = size  # this task gets the batch sizes in the size slot
+    size = vit_hub.get_entry(name).architecture.image_size[0]
+    x = np.zeros((1, size, size, 3), np.float32)
+    start = time.perf_counter()
+    model = vit_hub.load_pretrained(name, cache_dir=cache, offline=True)
+    keras.ops.convert_to_numpy(model(x))
+    result["first_prediction_s"] = time.perf_counter() - start
+    result["tensorflow_imported"] = "tensorflow" in sys.modules
+    calls = {{"call": lambda x: keras.ops.convert_to_numpy(model(x)),
+              "predict_on_batch": model.predict_on_batch}}
+    for batch in batches:
+        x = np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
+        for key, call in calls.items():
+            call(x); call(x)  # warm-up: trace, compile, allocate
+            rates = []
+            for _ in range(3 if smoke is None else 1):
+                count, start = 0, time.perf_counter()
+                while (elapsed := time.perf_counter() - start) < (0.2 if smoke else 1.0) or count < 2:
+                    call(x)
+                    count += 1
+                rates.append(count * batch / elapsed)
+            result[f"{{key}}_batch{{batch}}_images_per_s"] = sorted(rates)[len(rates) // 2]
 elif task == "convert":
     from vit_hub.conversion.pipeline import convert_into_cache
     result["rss_after_imports_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -165,11 +191,11 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def child(task, name, source, cache, size, smoke):
+def child(task, name, source, cache, size, smoke, backend="tensorflow"):
     code = CHILD.format(args=(task, name, source, cache, size, smoke), variant=SMOKE_VARIANT[0],
                         shape=SMOKE_VARIANT[1])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "VIT_HUB_OFFLINE": "1"})
+                         env={**os.environ, "VIT_HUB_OFFLINE": "1", "KERAS_BACKEND": backend})
     line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"benchmark child {task} failed:\n{out.stderr[-3000:]}")
@@ -205,6 +231,21 @@ def first_prediction(name, source, cache, size, repeats, smoke):
     return {"native_s": med(native, "seconds"), "native_load_s": med(native, "load_s"),
             "hub_s": med(hub, "seconds"), "hub_load_s": med(hub, "load_s"),
             "ratio": med(native, "seconds") / med(hub, "seconds")}
+
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def backends(name, source, cache, batches, smoke):
+    """Per Keras backend, in fresh processes: load + first call from the cache, and steady
+    images/s of `model(x)` (eager) and `predict_on_batch` (each backend's compiled path)."""
+    results = {}
+    for backend in BACKENDS:
+        try:
+            results[backend] = child("backend", name, source, cache, batches, smoke, backend)
+        except RuntimeError as err:  # a backend that is not installed is reported, not fatal
+            results[backend] = {"error": str(err).splitlines()[-1]}
+    return results
 
 
 def conversion(name, source, cache, repeats, smoke):
@@ -289,6 +330,7 @@ def bench_model(name, args, host):
     result = {"model": name, "checkpoint": "test-built, published format, random weights",
               "conversion": conversion(name, source, cache, repeats, smoke),
               "first_prediction": first_prediction(name, source, cache, size, repeats, smoke)}
+    result["backends"] = backends(name, source, cache, args.batch, smoke)
     functions = contenders(name, source, cache)
     flops = flops_per_image(arch)
     result["flops_per_image"] = flops
@@ -371,6 +413,13 @@ def print_model(result):
         row = ", ".join(f"{k} {v:.1f}" for k, v in t["images_per_s"].items())
         print(f"  batch {batch} images/s: {row}; roofline fp32 {t['roofline_pct_fp32']:.0f}%, "
               f"bf16 {t['roofline_pct_bf16']:.0f}%")
+    for backend, b in result["backends"].items():
+        if "error" in b:
+            print(f"  {backend}: {b['error']}")
+            continue
+        rates = ", ".join(f"{k.replace('_images_per_s', '')} {v:.1f}" for k, v in b.items()
+                          if k.endswith("_images_per_s"))
+        print(f"  {backend:10} first prediction {b['first_prediction_s']:.2f} s; images/s: {rates}")
     for key, v in result["targets"].items():
         print(f"  target {key}: {v['measured']} (target {v['target']}) "
               f"{'met' if v['met'] else 'MISSED: ' + v['why']}")

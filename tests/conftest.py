@@ -62,6 +62,29 @@ def register_catalogue(catalogue=CATALOGUE):
 
 register_catalogue()
 
+BACKEND = os.environ["KERAS_BACKEND"]
+
+
+# For the few tests of the backend suite that are about TensorFlow itself.
+tensorflow_only = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="about TensorFlow itself (tf.keras, SavedModels)")
+
+
+def pytest_report_header():
+    return f"keras backend: {BACKEND}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Off TensorFlow only the backend suite (tests marked `backends`) runs: conversion,
+    parity and export read or write TensorFlow SavedModels, and test_backends.py starts
+    the other backends itself from the TensorFlow run."""
+    if BACKEND == "tensorflow":
+        return
+    other = [item for item in items if not item.get_closest_marker("backends")]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = [item for item in items if item.get_closest_marker("backends")]
+
 
 def tiny_hub_config():
     from vit_hub.conversion import published_format
@@ -69,13 +92,28 @@ def tiny_hub_config():
     return published_format.HubConfig(8, 32, 2, 4, 64, num_classes=1000, image_size=TINY_IMAGE)
 
 
+# After a test that grew the process by more than FREE_MEMORY_GROWTH, or once it is past
+# FREE_MEMORY_ABOVE, its leftovers in Keras' global state are freed. Not after every
+# test: a full collection with TensorFlow loaded takes ~3 s, minutes over the suite.
+FREE_MEMORY_GROWTH = 1 << 30
+FREE_MEMORY_ABOVE = 10 << 30
+
+
+def resident_bytes():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 @pytest.fixture(autouse=True)
-def free_memory_after_each_test():
-    """Releases what a test's models left in Keras' global state and gives the freed
+def free_memory_after_big_tests():
+    """Releases what a big test's models left in Keras' global state and gives the freed
     memory back, so that one pytest process runs the whole suite within the machine's
     24 GB (full-size ViT-B/8, R50+L/32 and ViT-H/14 models are built along the way)."""
+    before = resident_bytes()
     yield
-    if "keras" in sys.modules:
+    after = resident_bytes()
+    if "keras" in sys.modules and (after - before > FREE_MEMORY_GROWTH
+                                   or after > FREE_MEMORY_ABOVE):
         import ctypes
         import gc
 
@@ -87,6 +125,14 @@ def free_memory_after_each_test():
             ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed pages otherwise
         except (OSError, AttributeError):
             pass
+
+
+def numpy(tensor):
+    """A model's output as numpy on every backend (np.asarray refuses PyTorch tensors
+    that require grad, as a model's outputs do)."""
+    import keras
+
+    return keras.ops.convert_to_numpy(tensor)
 
 
 @pytest.fixture

@@ -34,6 +34,12 @@ def test_smoke_writes_every_figure(tmp_path):
                               "native_bf16_graph", "native_bf16_xla"}
         assert all(rate > 0 for rate in rates.values())
         assert model["throughput"][batch]["roofline_pct_fp32"] > 0
+    for backend in ("tensorflow", "jax", "torch"):  # same cache, fresh processes
+        figures = model["backends"][backend]
+        assert figures["first_prediction_s"] > 0, figures
+        assert figures["tensorflow_imported"] == (backend == "tensorflow")
+        assert all(figures[f"{call}_batch{batch}_images_per_s"] > 0
+                   for call in ("call", "predict_on_batch") for batch in (1, 2))
     assert set(model["targets"]) == {"throughput_vs_hub", "first_prediction_vs_hub",
                                      "bf16_vs_fp32", "conversion_vs_io_floor",
                                      "conversion_rss_vs_weights"}

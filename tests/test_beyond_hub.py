@@ -9,10 +9,12 @@ import pytest
 import keras
 import vit_hub
 from vit_hub.conversion.name_map import assign_linen
-from tests.conftest import TINY, TINY_IMAGE
+from tests.conftest import TINY, TINY_IMAGE, numpy
 from tests.numpy_reference import vit_forward
 from tests.test_model import tiny_model, tiny_params
 from vit_hub.weights import flatten, resample_position_embeddings, save_weights_file
+
+pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX and PyTorch
 
 
 @pytest.fixture
@@ -39,13 +41,12 @@ def test_preprocess_scales_uint8_and_floats_to_minus_one_one():
 
 
 def test_preprocess_files_pil_lists_and_crop(tmp_path):
-    import tensorflow as tf
     from PIL import Image
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
     path = tmp_path / "photo.png"
-    path.write_bytes(tf.io.encode_png(image).numpy())
+    Image.fromarray(image).save(path)
     from_file = vit_hub.preprocess(str(path), image_size=32)
     from_pil = vit_hub.preprocess(Image.fromarray(image), image_size=32)
     from_array = vit_hub.preprocess(image, image_size=32)
@@ -55,6 +56,18 @@ def test_preprocess_files_pil_lists_and_crop(tmp_path):
     assert mixed.shape == (2, 16, 24, 3)
     cropped = vit_hub.preprocess(image, image_size=(20, 30), crop_fraction=0.5)
     np.testing.assert_allclose(cropped[0], image[10:30, 15:45] / 127.5 - 1, atol=1e-5)
+
+
+def test_preprocess_turns_photos_upright_as_their_exif_says(tmp_path):
+    from PIL import Image
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned; show rotated 90 degrees clockwise
+    Image.fromarray(image).save(tmp_path / "turned.png", exif=exif)
+    upright = np.rot90(image, k=-1)  # (60, 40, 3)
+    np.testing.assert_allclose(vit_hub.preprocess(str(tmp_path / "turned.png"), image_size=(60, 40)),
+                               vit_hub.preprocess(upright, image_size=(60, 40)), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +92,7 @@ def test_preprocess_rejects_bad_input(bad, error, match):
 def test_preprocess_rejects_a_file_that_is_not_an_image(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("not an image")
-    with pytest.raises(ValueError, match="not a readable JPEG, PNG, GIF or BMP"):
+    with pytest.raises(ValueError, match="not a readable JPEG, PNG, GIF, BMP or WebP image"):
         vit_hub.preprocess(str(path))
 
 
@@ -93,6 +106,36 @@ def test_decode_predictions():
     assert abs(sum(p for *_, p in vit_hub.decode_predictions(logits, top=1000)[0]) - 1) < 1e-9
     with pytest.raises(ValueError, match="shape \\(batch, 1000\\)"):
         vit_hub.decode_predictions(np.zeros((1, 10)))
+
+
+# === resizing: numpy, the same on every backend ===
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("shape,size", [((50, 70, 3), (24, 24)), ((50, 70, 3), (96, 128)),
+                                        ((7, 7, 16), (12, 10)), ((7, 7, 16), (4, 5))])
+def test_resize_matches_jax_and_tensorflow(shape, size, method):
+    """Against two independent implementations of the same sampling: jax.image.resize
+    and tf.image.resize(antialias=True). float32 sums over up to ~30 taps: 1e-5."""
+    import jax
+    import tensorflow as tf
+
+    from vit_hub.resize import resize
+
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    for antialias in (True, False):
+        ours = resize(x, size, method, antialias)
+        want = np.asarray(jax.image.resize(x, (*size, shape[-1]), method, antialias=antialias))
+        np.testing.assert_allclose(ours, want, atol=1e-5)
+    want = tf.image.resize(x, size, method, antialias=True).numpy()
+    np.testing.assert_allclose(resize(x, size, method), want, atol=1e-5)
+
+
+def test_resize_rejects_an_unknown_method():
+    from vit_hub.resize import resize
+
+    with pytest.raises(ValueError, match=r"method must be one of \['bicubic', 'bilinear'\]"):
+        resize(np.zeros((4, 4, 3)), (2, 2), "nearest")
 
 
 # === other resolutions, new heads ===
@@ -127,12 +170,14 @@ def test_load_at_another_resolution(tiny_weights, size):
 def test_new_head_for_fine_tuning(tiny_weights, images):
     base = vit_hub.load_weights(tiny_weights["classification"])
     assert base.output_shape == (None, 1000)
-    np.testing.assert_allclose(base(images), tiny_weights["classification_model"](images), atol=1e-6)
+    np.testing.assert_allclose(numpy(base(images)),
+                               numpy(tiny_weights["classification_model"](images)), atol=1e-6)
     ten = vit_hub.load_weights(tiny_weights["classification"],
                                   num_classes=10)
     assert ten.output_shape == (None, 10)
     np.testing.assert_array_equal(ten.head.kernel.numpy(), 0)  # fresh head ...
-    np.testing.assert_allclose(ten.extract_features(images), base.extract_features(images), atol=1e-6)
+    np.testing.assert_allclose(numpy(ten.extract_features(images)),
+                               numpy(base.extract_features(images)), atol=1e-6)
     on_fe = vit_hub.load_weights(tiny_weights["fe"], include_top=True,
                                     num_classes=3)
     assert on_fe.output_shape == (None, 3)
@@ -176,7 +221,8 @@ def test_attention_maps_match_the_numpy_reference(images):
         np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
     outputs = vit_hub.intermediate_outputs(model, images)
     assert [o.shape for o in outputs] == [(len(images), tokens, TINY["hidden_dim"])] * TINY["num_layers"]
-    np.testing.assert_allclose(model.encoder_norm(outputs[-1]), model.encode(images), atol=1e-6)
+    np.testing.assert_allclose(numpy(model.encoder_norm(outputs[-1])), numpy(model.encode(images)),
+                               atol=1e-6)
 
 
 def test_attention_rollout_and_overlay(tmp_path, images):
@@ -210,8 +256,8 @@ def test_mixed_precision_agrees_with_float32(tiny_weights, images, policy):
     assert vit_hub.VisionTransformer.from_config(low.get_config()).dtype_policy.name == policy
     assert low.blocks[0].attention.compute_dtype == policy.split("_")[1]
     assert all(w.dtype == "float32" for w in low.weights)  # variables stay float32
-    a = np.asarray(fp32(images), np.float64)
-    b = np.asarray(low(images), np.float64)
+    a = numpy(fp32(images)).astype(np.float64)
+    b = numpy(low(images)).astype(np.float64)
     cosine = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert cosine.min() >= 0.999, cosine
     assert np.abs(a - b).max() > 1e-6  # it really ran in lower precision

@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 
 import vit_hub
-from tests.conftest import TINY_CLASSIFICATION, TINY_IMAGE, TINY_NAME, tiny_hub_config
+from tests.conftest import (BACKEND, TINY_CLASSIFICATION, TINY_IMAGE, TINY_NAME, numpy,
+                            tensorflow_only, tiny_hub_config)
 from vit_hub.conversion import published_format
 from vit_hub.conversion.parity import TOLERANCE, hub_outputs, parity_inputs
 from vit_hub.conversion.pipeline import convert_into_cache
+
+pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX and PyTorch
 
 SEED_URL = ("https://www.kaggle.com/models/spsayakpaul/vision-transformer/TensorFlow2/"
             "vit-b8-classification/1")
@@ -27,12 +30,13 @@ SEED_URL = ("https://www.kaggle.com/models/spsayakpaul/vision-transformer/Tensor
 
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory):
-    """A cache with the full-size vit_b8_classification and the tiny fe/classification
-    models, converted from test-built published-format checkpoints; {name: SavedModel}."""
+    """A cache with the tiny fe/classification models and (on TensorFlow) the full-size
+    vit_b8_classification, converted from test-built published-format checkpoints; {name: SavedModel}."""
     root = tmp_path_factory.mktemp("keras_layer")
-    builds = {"vit_b8_classification": (published_format.ARCHS["b8"], "classification"),
-              TINY_NAME: (tiny_hub_config(), "fe"),
+    builds = {TINY_NAME: (tiny_hub_config(), "fe"),
               TINY_CLASSIFICATION: (tiny_hub_config(), "classification")}
+    if BACKEND == "tensorflow":  # only the seed's flow uses it
+        builds["vit_b8_classification"] = (published_format.ARCHS["b8"], "classification")
     sources = {}
     for name, (config, kind) in builds.items():
         params = published_format.init_params(config, kind, seed=7)
@@ -49,6 +53,7 @@ def cache(caches, monkeypatch):
     return caches
 
 
+@tensorflow_only  # the seed's tf.keras code, and a full-size B/8: once is enough
 def test_the_seeds_sequential_flow_with_only_the_import_changed(cache, tmp_path):
     import tensorflow as tf
 
@@ -110,7 +115,7 @@ def test_hub_arguments_with_the_published_values(cache, kwargs, output):
     result = layer(images)
     tensor = result["output_0"] if output == "dict" else result
     assert isinstance(result, dict) == (output == "dict")
-    np.testing.assert_allclose(np.asarray(tensor), hub_outputs(cache[1][TINY_NAME], images),
+    np.testing.assert_allclose(numpy(tensor), hub_outputs(cache[1][TINY_NAME], images),
                                atol=TOLERANCE)
 
 
@@ -141,7 +146,7 @@ def test_in_a_functional_model_with_a_new_head(cache, tmp_path):
     backbone_before = [np.array(w) for w in model.layers[1].weights]
     model.fit(images, np.array([0, 1, 2, 0]), epochs=2, verbose=0)
     for before, after in zip(backbone_before, model.layers[1].weights):
-        np.testing.assert_array_equal(before, np.asarray(after))
+        np.testing.assert_array_equal(before, numpy(after))
     model.save(tmp_path / "head.keras")
     np.save(tmp_path / "images.npy", images)
     np.testing.assert_allclose(

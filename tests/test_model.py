@@ -8,8 +8,10 @@ import keras
 import vit_hub
 from vit_hub.conversion.name_map import assign_linen
 from vit_hub.weights import WeightsError
-from tests.conftest import TINY, TINY_IMAGE
+from tests.conftest import TINY, TINY_IMAGE, numpy
 from tests.numpy_reference import random_params, vit_forward
+
+pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX and PyTorch
 
 # float32 against a float64 reference: accumulated rounding over 2 blocks of width 32 is
 # ~1e-6; 1e-5 leaves room, while any wrong equation (exact GELU, epsilon 1e-5, missing
@@ -47,10 +49,10 @@ def test_matches_numpy_reference(images, include_top, pooling):
     assign_linen(model, flat(params))
     tokens, features, logits, _ = vit_forward(params, images, TINY["patch_size"], pooling or "token")
     expected = logits if include_top else (features if pooling else tokens)
-    out = np.asarray(model(images))
+    out = numpy(model(images))
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, atol=ATOL, rtol=0)
-    np.testing.assert_allclose(model.extract_features(images), features, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(numpy(model.extract_features(images)), features, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("include_top", [True, False])
@@ -69,11 +71,11 @@ def test_hybrid_matches_numpy_reference(include_top):
     assign_linen(model, flat(params))
     x = np.random.default_rng(2).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
     _, features, logits, maps = vit_forward(params, x, 32)
-    np.testing.assert_allclose(np.asarray(model(x)), logits if include_top else features,
+    np.testing.assert_allclose(numpy(model(x)), logits if include_top else features,
                                atol=5e-5, rtol=0)
     _, attention = model.encode(x, return_attention=True)
     assert [tuple(a.shape) for a in attention] == [(2, 4, 5, 5)] * 2
-    np.testing.assert_allclose(np.asarray(attention[-1]), maps[-1], atol=5e-5)
+    np.testing.assert_allclose(numpy(attention[-1]), maps[-1], atol=5e-5)
 
 
 @pytest.mark.parametrize("change", ["exact_gelu", "epsilon", "no_scaling"])
@@ -96,15 +98,15 @@ def test_reference_detects_wrong_numerics(images, change, monkeypatch):
         scaled = lambda p: {**p, "query": {**p["query"], "kernel": p["query"]["kernel"] * 8, "bias": p["query"]["bias"] * 8}}
         monkeypatch.setattr(ref, "attention", lambda x, p: original_attention(x, scaled(p)))
     _, features, _, _ = ref.vit_forward(params, images, TINY["patch_size"])
-    assert np.abs(np.asarray(model.extract_features(images)) - features).max() > 10 * ATOL
+    assert np.abs(numpy(model.extract_features(images)) - features).max() > 10 * ATOL
 
 
 def test_variable_batch_size_and_jit(images):
     model = tiny_model(include_top=False, pooling="token")
     assign_linen(model, flat(tiny_params()))
-    eager = np.asarray(model(images))
+    eager = numpy(model(images))
     for batch in (1, 3):
-        np.testing.assert_allclose(model(images[:batch]), eager[:batch], atol=1e-6)
+        np.testing.assert_allclose(numpy(model(images[:batch])), eager[:batch], atol=1e-6)
     model.compile(jit_compile=True)
     assert model.jit_compile
     np.testing.assert_allclose(model.predict(images, batch_size=2, verbose=0), eager, atol=1e-5)
@@ -147,7 +149,7 @@ def test_config_round_trip(images):
     clone = vit_hub.VisionTransformer.from_config(config)
     assert clone.get_config() == config
     clone.set_weights(model.get_weights())
-    np.testing.assert_allclose(clone(images), model(images), atol=1e-6)
+    np.testing.assert_allclose(numpy(clone(images)), numpy(model(images)), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -175,8 +177,9 @@ def test_keras_file_round_trip(tmp_path, images):
     model.save(path)
     loaded = keras.saving.load_model(path)  # safe_mode stays on: layers are registered
     assert isinstance(loaded, vit_hub.VisionTransformer)
-    np.testing.assert_allclose(loaded(images), model(images), atol=1e-6, rtol=0)
-    np.testing.assert_allclose(loaded.extract_features(images), model.extract_features(images), atol=1e-6)
+    np.testing.assert_allclose(numpy(loaded(images)), numpy(model(images)), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(numpy(loaded.extract_features(images)),
+                               numpy(model.extract_features(images)), atol=1e-6)
 
 
 def stripes(n, seed=0):

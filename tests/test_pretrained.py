@@ -160,12 +160,24 @@ def test_convert_weights_then_offline_load(b32_fe_saved_model, tmp_path):
     listed = run([cli, "--list"], cache)
     assert "vit_b32_fe" in listed.stdout and " ok " in listed.stdout
 
-    script = ("import sys, vit_hub, numpy as np; m = vit_hub.load_pretrained('vit_b32_fe'); "
-              "print(m(np.zeros((1, 224, 224, 3), 'float32')).shape); "
-              "print(sorted(k for k in ('tensorflow_hub', 'kagglehub', 'tf_keras') if k in sys.modules))")
-    loaded = run([sys.executable, "-c", script], {**cache, "VIT_HUB_OFFLINE": "1"}, cwd=tmp_path)
-    assert loaded.returncode == 0, loaded.stderr
-    assert loaded.stdout.split("\n")[:2] == ["(1, 768)", "[]"]
+    # A cache hit on each backend, fresh processes: the same features, and off TensorFlow
+    # nothing of TensorFlow imported.
+    script = ("import sys, keras, vit_hub, numpy as np; m = vit_hub.load_pretrained('vit_b32_fe'); "
+              "x = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype('float32'); "
+              "y = keras.ops.convert_to_numpy(m(x)); np.save(sys.argv[1], y); print(y.shape); "
+              "print(sorted(k for k in ('tensorflow', 'tensorflow_hub', 'kagglehub', 'tf_keras') "
+              "if k in sys.modules))")
+    features = {}
+    for backend in ("tensorflow", "jax", "torch"):
+        out = tmp_path / f"{backend}.npy"
+        loaded = run([sys.executable, "-c", script, out],
+                     {**cache, "VIT_HUB_OFFLINE": "1", "KERAS_BACKEND": backend}, cwd=tmp_path)
+        assert loaded.returncode == 0, loaded.stderr
+        imported = "['tensorflow']" if backend == "tensorflow" else "[]"
+        assert loaded.stdout.split("\n")[:2] == ["(2, 768)", imported], (backend, loaded.stdout)
+        features[backend] = np.load(out)
+    for backend in ("jax", "torch"):  # float32 on other kernels: a few ulps (tests/test_backends.py)
+        assert np.abs(features[backend] - features["tensorflow"]).max() <= 1e-5, backend
 
     empty = run([sys.executable, "-c", "import vit_hub; vit_hub.load_pretrained('vit_b32_fe')"],
                 {"VIT_HUB_CACHE": str(tmp_path / "empty"), "VIT_HUB_OFFLINE": "1"}, cwd=tmp_path)

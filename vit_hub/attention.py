@@ -12,13 +12,21 @@ def attention_maps(model, images):
     """Every block's attention weights: a list of (B, heads, tokens, tokens) arrays,
     token 0 being the class token."""
     _, maps = model.encode(images, return_attention=True)
-    return [np.asarray(m) for m in maps]
+    return [to_numpy(m) for m in maps]
 
 
 def intermediate_outputs(model, images):
     """Every block's output tokens (before the final norm): a list of (B, tokens, D)."""
     _, outputs = model.encode(images, return_intermediates=True)
-    return [np.asarray(x) for x in outputs]
+    return [to_numpy(x) for x in outputs]
+
+
+def to_numpy(tensor):
+    """A backend tensor as numpy (on PyTorch detached from autograd: np.asarray refuses
+    tensors that require grad)."""
+    import keras
+
+    return keras.ops.convert_to_numpy(tensor)
 
 
 def attention_rollout(maps, grid_size, head_fusion="mean"):
@@ -47,18 +55,16 @@ def attention_rollout(maps, grid_size, head_fusion="mean"):
 def save_attention_overlay(image, rollout, path, alpha=0.5):
     """Writes `image` ((H, W, 3) in [-1, 1], as the model saw it) with the rollout map
     (rows, cols) blended over it as a heat map, to a PNG file (atomically)."""
-    import tensorflow as tf
+    from PIL import Image
 
     from vit_hub.files import atomic_path
+    from vit_hub.resize import resize
 
     image = (np.clip(np.asarray(image, np.float32), -1, 1) + 1) / 2
-    heat = tf.image.resize(np.asarray(rollout, np.float32)[..., None], image.shape[:2],
-                           method="bicubic").numpy()[..., 0]
-    blended = (1 - alpha) * image + alpha * _heat_colours(np.clip(heat, 0, 1))
-    png = tf.io.encode_png(np.round(blended * 255).astype(np.uint8)).numpy()
+    heat = resize(np.asarray(rollout, np.float32)[..., None], image.shape[:2], "bicubic")
+    blended = (1 - alpha) * image + alpha * _heat_colours(np.clip(heat[..., 0], 0, 1))
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(png)
+        Image.fromarray(np.round(blended * 255).astype(np.uint8)).save(tmp, format="PNG")
     return path
 
 

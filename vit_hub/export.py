@@ -9,6 +9,7 @@ Every export has one signature, `serving_default`: `images` float32 (batch, H, W
 [-1, 1] -> `output_0` float32 (what the model returns: logits, features or tokens). The
 hub models' signature names its input `inputs`; everything else is the same layout.
 Writes are atomic: nothing appears at `path` unless the whole export succeeded.
+Exports need Keras' TensorFlow backend (an `ExportError` names the fix on the others).
 """
 
 import contextlib
@@ -157,8 +158,17 @@ def find_xla_ops(saved_model_dir):
 
 
 def _input_spec(model, batch_size):
+    import keras
     import tensorflow as tf
 
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ExportError(
+            f"Exports trace the model into plain TensorFlow ops, which needs Keras' "
+            f"TensorFlow backend; this process runs Keras on {backend!r} (whose exports "
+            "hold XLA or framework ops that TF Serving, TFLite and tf2onnx cannot read). "
+            "Export from a process with KERAS_BACKEND=tensorflow: the cache and .keras "
+            "files load there unchanged.")
     if len(model.inputs) != 1:
         raise ExportError(f"{model.name} has {len(model.inputs)} inputs; the export "
                           "serves models with one image input.")

@@ -10,13 +10,14 @@ import os
 import numpy as np
 
 from vit_hub.errors import ImageError, ImageTypeError, MissingFileError
+from vit_hub.resize import resize
 
 
 def preprocess(images, image_size=224, crop_fraction=None):
     """Images -> float32 (B, height, width, 3) in [-1, 1], as the checkpoints expect.
 
     Args:
-        images: a file path (JPEG, PNG, GIF, BMP) or a list of them; a PIL image or a
+        images: a file path (JPEG, PNG, GIF, BMP, WebP; read with Pillow) or a list; a PIL image or a
             list; an array (H, W, 3) or (B, H, W, 3) of uint8 (0..255) or floats in
             [0, 1]; or a list of such arrays of any sizes.
         image_size: int or (height, width) of the output.
@@ -52,16 +53,19 @@ def _is_pil(obj):
 
 
 def _read(path):
-    import tensorflow as tf
+    """An image file as float32 (H, W, 3) in [0, 1], the first frame of an animation,
+    turned upright as its EXIF orientation says (as a photo viewer shows it)."""
+    from PIL import Image, ImageOps
 
     if not os.path.isfile(path):
         raise MissingFileError(f"No image file at {path}.")
     try:
-        image = tf.io.decode_image(tf.io.read_file(os.fspath(path)), channels=3,
-                                   expand_animations=False)
-    except tf.errors.InvalidArgumentError:
-        raise ImageError(f"{path} is not a readable JPEG, PNG, GIF or BMP image.") from None
-    return image.numpy().astype(np.float32) / 255.0
+        with Image.open(path) as image:
+            pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(f"{path} is not a readable JPEG, PNG, GIF, BMP or WebP image "
+                         f"({err}).") from None
+    return pixels.astype(np.float32) / 255.0
 
 
 def _check_array(array, what):
@@ -93,11 +97,11 @@ def _check_array(array, what):
 
 
 def _resize(image, size, crop_fraction):
-    import tensorflow as tf
-
-    if crop_fraction:
-        image = tf.image.central_crop(image, crop_fraction)
-    return tf.image.resize(image, size, method="bilinear", antialias=True).numpy()
+    if crop_fraction:  # the central box of tf.image.central_crop
+        rows, cols = image.shape[:2]
+        top, left = int((rows - rows * crop_fraction) / 2), int((cols - cols * crop_fraction) / 2)
+        image = image[top:rows - top, left:cols - left]
+    return resize(image, size, "bilinear", antialias=True)
 
 
 @functools.cache

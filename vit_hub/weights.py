@@ -17,6 +17,7 @@ import numpy as np
 from vit_hub.architecture import Architecture
 from vit_hub.errors import WeightsError
 from vit_hub.files import atomic_path
+from vit_hub.resize import resize
 
 FORMAT = "vit_hub.weights"
 FORMAT_VERSION = 1
@@ -140,16 +141,15 @@ def read_weights_file(path):
 
 def resample_position_embeddings(embeddings, old_grid, new_grid):
     """Position embeddings (1, 1 + rows*cols, D) for another patch grid: the class token's
-    embedding is kept, the patch grid is resized bicubically (as timm does by default)."""
-    import tensorflow as tf
-
+    embedding is kept, the patch grid is resized bicubically, antialiased when it
+    shrinks (as timm does by default), the same on every backend."""
     embeddings = np.asarray(embeddings, np.float32)
     (old_rows, old_cols), (new_rows, new_cols) = old_grid, new_grid
     if embeddings.shape[1] != 1 + old_rows * old_cols:
         raise WeightsError(f"position embeddings of {embeddings.shape[1]} tokens do not fit "
                            f"a {old_rows}x{old_cols} grid plus the class token")
     grid = embeddings[0, 1:].reshape(old_rows, old_cols, -1)
-    resized = tf.image.resize(grid, (new_rows, new_cols), method="bicubic").numpy()
+    resized = resize(grid, (new_rows, new_cols), "bicubic", antialias=True)
     return np.concatenate([embeddings[:, :1], resized.reshape(1, new_rows * new_cols, -1)], 1)
 
 

@@ -61,8 +61,11 @@ def parity_inputs(image_size, batch=4, seed=0):
 def hub_outputs(saved_model_dir, inputs):
     """The hub model's outputs through `hub.KerasLayer`, as its users call it."""
     import logging
+    import warnings
 
-    import tensorflow_hub as hub
+    with warnings.catch_warnings():  # its own import of pkg_resources; nothing to act on
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+        import tensorflow_hub as hub
 
     # Loading an fe model logs "Importing a function ... with ops with unsaved custom
     # gradients" once per gradient function: true, and beside the point of a forward pass.
