@@ -30,8 +30,9 @@ def test_smoke_writes_every_figure(tmp_path):
     assert first["ratio"] == first["native_s"] / first["hub_s"]
     for batch in ("1", "2"):
         rates = model["throughput"][batch]["images_per_s"]
-        assert set(rates) == {"hub_layer", "native_eager", "native_graph", "native_xla",
-                              "native_bf16_graph", "native_bf16_xla"}
+        smallest = {"native_int8_call", "native_eager"} if batch == "1" else set()
+        assert set(rates) == {"hub_layer", "native_call", "native_predict_on_batch",
+                              "native_xla", "native_bf16_call"} | smallest
         assert all(rate > 0 for rate in rates.values())
         assert model["throughput"][batch]["roofline_pct_fp32"] > 0
     for backend in ("tensorflow", "jax", "torch"):  # same cache, fresh processes
@@ -40,9 +41,13 @@ def test_smoke_writes_every_figure(tmp_path):
         assert figures["tensorflow_imported"] == (backend == "tensorflow")
         assert all(figures[f"{call}_batch{batch}_images_per_s"] > 0
                    for call in ("call", "predict_on_batch") for batch in (1, 2))
-    assert set(model["targets"]) == {"throughput_vs_hub", "first_prediction_vs_hub",
-                                     "bf16_vs_fp32", "conversion_vs_io_floor",
-                                     "conversion_rss_vs_weights"}
+        assert ("bf16_call_batch1_images_per_s" in figures) == (backend != "torch")
+    assert first["native_load_rss_bytes"] > 0
+    assert 0.9 < model["cosine_to_fp32"]["native_bf16_call"] <= 1.0 + 1e-9
+    assert set(model["targets"]) == {"call_batch1_vs_hub", "first_prediction_vs_hub",
+                                     "load_rss_vs_weights", "bf16_large_batch_vs_hub_fp32",
+                                     "bf16_batch1_vs_own_fp32", "bf16_cosine_to_fp32",
+                                     "conversion_vs_io_floor", "conversion_rss_vs_weights"}
     for verdict in model["targets"].values():  # by how much, and why
         assert verdict["measured"] > 0 and len(verdict["why"]) > 40
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"

@@ -52,7 +52,7 @@ def test_corrupt_entry_is_detected_by_checksum_and_not_loaded(
     assert entry.state() == "corrupt"
     before = snapshot(env.cache)
     reads = []
-    monkeypatch.setattr(vit_hub.pretrained, "read_weights_file",
+    monkeypatch.setattr(vit_hub.pretrained, "open_weights_file",
                         lambda path: reads.append(path))
     with pytest.raises(CacheError) as err:
         vit_hub.load_pretrained(NAME, offline=True)
@@ -77,7 +77,7 @@ def test_corrupt_weights_given_by_path_are_not_loaded(tmp_path, warm_cache, monk
     weights = copy / f"{NAME}.h5"
     os.truncate(weights, weights.stat().st_size - 100)
     reads = []
-    monkeypatch.setattr(vit_hub.pretrained, "read_weights_file", lambda p: reads.append(p))
+    monkeypatch.setattr(vit_hub.pretrained, "open_weights_file", lambda p: reads.append(p))
     with pytest.raises(WeightsError, match=r"cannot be verified: the weights .* fail their "
                        r"sha256 check against .*\.json \(corrupt, truncated or changed\); "
                        r"they are not loaded"):

@@ -44,7 +44,7 @@ def no_work(monkeypatch, tmp_path):
 
     for module, name in [(vit_hub.pretrained, "CacheEntry"),
                          (vit_hub.pretrained, "cached_weights"),
-                         (vit_hub.pretrained, "read_weights_file"),
+                         (vit_hub.pretrained, "open_weights_file"),
                          (vit_hub.conversion.pipeline, "convert_into_cache"),
                          (vit_hub.conversion.download, "download")]:
         monkeypatch.setattr(module, name, touched)

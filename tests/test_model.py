@@ -120,6 +120,59 @@ def test_other_and_non_square_image_sizes(images):
         assert out.shape == (2, tokens, TINY["hidden_dim"])
 
 
+
+
+# === model(x): the inference call runs compiled (vit_hub/compiled.py) ===
+
+
+def test_plain_calls_run_compiled_and_compute_the_same(images, monkeypatch):
+    from vit_hub.layers import TransformerBlock
+
+    model = tiny_model(include_top=True, num_classes=5)
+    assign_linen(model, flat(tiny_params(num_classes=5)))
+    compiled = numpy(model(images))
+    model.compiled_calls = False
+    eager = numpy(model(images))
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)  # float32, fused vs op by op
+    model.compiled_calls = True
+    calls = []
+    original = TransformerBlock.call
+    monkeypatch.setattr(TransformerBlock, "call",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    np.testing.assert_allclose(numpy(model(images)), compiled, atol=1e-6)
+    compiled_path = keras.backend.backend() in ("tensorflow", "jax")  # PyTorch: eager
+    assert (calls == []) == compiled_path  # a compiled call runs no Python layer code
+    model(images, training=True)  # training: the plain path, always
+    assert len(calls) == (TINY["num_layers"] if compiled_path else 2 * TINY["num_layers"])
+    zeros = [keras.ops.zeros(v.shape, v.dtype) for v in model.trainable_variables]
+    with keras.StatelessScope(state_mapping=list(zip(model.trainable_variables, zeros))):
+        inside = numpy(model(images))  # in a stateless scope: the scope's values
+    np.testing.assert_array_equal(inside, 0)
+
+
+def test_compiled_calls_see_new_weights_and_give_gradients(images):
+    model = tiny_model(include_top=True, num_classes=3)
+    before = numpy(model(images))
+    kernel = np.random.default_rng(0).normal(size=model.head.kernel.shape).astype("float32")
+    model.head.kernel.assign(kernel)
+    after = numpy(model(images))
+    assert np.abs(after - before).max() > 1e-2  # the assignment is seen, not a stale trace
+    model.compiled_calls = False
+    np.testing.assert_allclose(after, numpy(model(images)), atol=1e-5)
+    if keras.backend.backend() == "tensorflow":  # gradients through the compiled function
+        import tensorflow as tf
+
+        x = tf.constant(images)
+        grads = []
+        for compiled_calls in (True, False):
+            model.compiled_calls = compiled_calls
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(model(x) ** 2)
+            grads.append(tape.gradient(loss, x).numpy())
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)  # float32 ulps
+
+
 @pytest.mark.parametrize("size,text", [(30, "multiple of the patch size 8"),
                                        ((32, 36), "multiple of the patch size 8"),
                                        (0, "must be a positive int"), (-32, "positive")])

@@ -27,6 +27,7 @@ from vit_hub.architecture import (
 )
 from vit_hub.errors import ArgumentError, ConfigError, ImageTypeError
 from vit_hub.resnet_stem import ResNetStem
+from vit_hub import compiled
 
 
 def _check_image_size(image_size, patch_size):
@@ -241,11 +242,18 @@ class VisionTransformer(keras.Model):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.resnet_units = resnet_units
 
+        # Plain inference calls `model(images)` run compiled (vit_hub/compiled.py); set
+        # False for the op-by-op path (e.g. to step through the layers in a debugger).
+        self.compiled_calls = True
+        self._inference = compiled.CompiledInference(self, super().__call__)
+
     def __call__(self, *args, **kwargs):
         # Every path in goes through here with the images as given: eager calls, and
         # predict/fit/evaluate (their steps call the model on the batches, of the dtype
         # the data had), before Keras's input conversion casts them to float32.
         check_images(args[0] if args else kwargs.get("inputs"), f"Model {self.name!r}")
+        if self.compiled_calls and compiled.applies(args, kwargs):
+            return self._inference(args[0])
         return super().__call__(*args, **kwargs)
 
     @property

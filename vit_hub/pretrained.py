@@ -1,10 +1,12 @@
 """`load_pretrained`: a published ViT as a native Keras model, from the local cache.
 
-A cache hit reads one HDF5 file after checking its sha256: no network, and neither
+A cache hit reads one HDF5 file, each tensor once, after checking its sha256 (computed
+while the model is built): no network, and neither
 tensorflow_hub nor kagglehub is imported. A miss downloads through kagglehub, converts,
 checks parity against the hub model and caches, under a file lock (see vit_hub.conversion).
 """
 
+import concurrent.futures
 import inspect
 import os
 import warnings
@@ -13,7 +15,7 @@ from vit_hub.cache import CacheEntry, is_offline
 from vit_hub.catalogue import get_entry
 from vit_hub.errors import CacheError, WeightsError
 from vit_hub.files import checksum_problem
-from vit_hub.weights import build_model, read_weights_file
+from vit_hub.weights import build_model, empty_model, fill, open_weights_file
 
 
 def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights=None,
@@ -45,15 +47,27 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
     entry = get_entry(name)
     name = entry.name  # the catalogue's name, whatever form the caller used
     published = entry.architecture  # no converter: fails here, before any download
+    model_kwargs = {"name": name, **model_kwargs}
     if weights is not None:
         path = os.fspath(weights)
         _check_sidecar_checksum(path)  # before a byte of it is parsed
+        model = None
     else:
-        path = cached_weights(name, cache_dir, offline)  # sha256 checked
-    tensors, architecture = read_weights_file(path)
-    _check_architecture(entry, published, architecture, path)
-    model = build_model(tensors, architecture, f"weights file {path}",
-                        **{"name": name, **model_kwargs})
+        # The sha256 of the cached file is computed while the empty model is built (the
+        # two take turns on the GIL: hashing releases it), and checked before a byte of
+        # the file is parsed.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            hashing = pool.submit(CacheEntry(name, cache_dir).problem)
+            model = empty_model(published, **model_kwargs)
+            intact = hashing.result() is None
+        # A miss or a corrupt entry: the full path (convert, or say why not).
+        path = CacheEntry(name, cache_dir).weights_path if intact else cached_weights(
+            name, cache_dir, offline)
+    with open_weights_file(path) as (tensors, architecture):  # each tensor read once
+        _check_architecture(entry, published, architecture, path)
+        if model is None or architecture != published:  # a file of another size or head
+            model = empty_model(architecture, **model_kwargs)
+        fill(model, tensors, architecture, f"weights file {path}")
     if verify:
         _verify(model, entry)
     return model
@@ -69,8 +83,8 @@ def load_weights(path, **model_kwargs):
     _check_model_kwargs("load_weights", model_kwargs)
     path = os.fspath(path)
     _check_sidecar_checksum(path)
-    tensors, architecture = read_weights_file(path)
-    return build_model(tensors, architecture, f"weights file {path}", **model_kwargs)
+    with open_weights_file(path) as (tensors, architecture):
+        return build_model(tensors, architecture, f"weights file {path}", **model_kwargs)
 
 
 def cached_weights(name, cache_dir=None, offline=None):

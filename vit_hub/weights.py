@@ -8,6 +8,7 @@ version, it is readable without Keras and lets a loader take a subset of the ten
 new head) or reshape one (position embeddings at another image size).
 """
 
+import contextlib
 import json
 import os
 import warnings
@@ -109,8 +110,11 @@ def write_weights_file(path, tensors, architecture):
     return os.fspath(path)
 
 
-def read_weights_file(path):
-    """({canonical path: array}, Architecture) from a converted-weights file."""
+@contextlib.contextmanager
+def open_weights_file(path):
+    """Opens a converted-weights file: yields ({canonical path: h5py dataset}, Architecture).
+    The datasets are read when used (`np.asarray`), one at a time: loading a model reads
+    each tensor once, straight into its variable, with no second copy of the weights."""
     import h5py
 
     try:
@@ -123,20 +127,26 @@ def read_weights_file(path):
                     f"{path} has weights format {version}; this vit_hub reads format "
                     f"{FORMAT_VERSION}. Convert it again with this version (convert-weights)."
                 )
-            tensors = {}
-            f.visititems(
-                lambda name, item: tensors.__setitem__(name, item[()])
-                if isinstance(item, h5py.Dataset) else None
-            )
+            datasets = {}
+            f.visititems(lambda name, item: datasets.__setitem__(name, item)
+                         if isinstance(item, h5py.Dataset) else None)
             record = f.attrs["architecture"]
+            try:
+                architecture = Architecture.from_dict(json.loads(record))
+            except (ValueError, TypeError) as err:  # ConfigError, JSON errors: ValueErrors
+                raise WeightsError(f"{path} has no readable architecture record ({err}): it is "
+                                   "not a vit_hub weights file of this version. Convert it "
+                                   "again.") from None
+            yield datasets, architecture
     except (OSError, KeyError) as err:
         raise WeightsError(f"Cannot read weights file {path}: {err}. It is truncated or "
                            "corrupt: convert it again.") from None
-    try:
-        return tensors, Architecture.from_dict(json.loads(record))
-    except (ValueError, TypeError) as err:  # ConfigError and JSON errors are ValueErrors
-        raise WeightsError(f"{path} has no readable architecture record ({err}): it is not "
-                           "a vit_hub weights file of this version. Convert it again.") from None
+
+
+def read_weights_file(path):
+    """({canonical path: array}, Architecture) from a converted-weights file, in memory."""
+    with open_weights_file(path) as (datasets, architecture):
+        return {name: dataset[()] for name, dataset in datasets.items()}, architecture
 
 
 def resample_position_embeddings(embeddings, old_grid, new_grid):
@@ -158,6 +168,12 @@ def build_model(tensors, architecture, source, **model_kwargs):
     the `VisionTransformer` of `architecture` (changed by `model_kwargs`: another image
     size, head or dtype) filled from `{native path: array}`, all or nothing. Models
     without head return the class token, as the published fe models do."""
+    return fill(empty_model(architecture, **model_kwargs), tensors, architecture, source)
+
+
+def empty_model(architecture, **model_kwargs):
+    """The `VisionTransformer` of `architecture` changed by `model_kwargs`, its variables
+    allocated but not initialised: `fill` gives them their values (a new head: zeros)."""
     from vit_hub.model import VisionTransformer  # (imports the layers, registering all)
     from vit_hub.layers import weights_to_be_loaded
 
@@ -165,8 +181,13 @@ def build_model(tensors, architecture, source, **model_kwargs):
     if not architecture.include_top:
         config["pooling"] = "token"
     config.update(model_kwargs)
-    with weights_to_be_loaded():  # every weight is assigned below, or a fresh head's zeros
-        model = VisionTransformer(**config)
+    with weights_to_be_loaded():  # every weight is assigned by fill, or a fresh head's zeros
+        return VisionTransformer(**config)
+
+
+def fill(model, tensors, architecture, source):
+    """Assigns the weights of `architecture` ({native path: array or h5py dataset}) to
+    `empty_model(architecture, ...)`, all or nothing, and returns the model."""
     tensors, names = _fit(tensors, architecture, model)
     assign(model, tensors, source=source, names=names)
     return model
