@@ -252,7 +252,7 @@ class VisionTransformer(keras.Model):
         # predict/fit/evaluate (their steps call the model on the batches, of the dtype
         # the data had), before Keras's input conversion casts them to float32.
         check_images(args[0] if args else kwargs.get("inputs"), f"Model {self.name!r}")
-        if self.compiled_calls and compiled.applies(args, kwargs):
+        if self.compiled_calls and self._inference.usable and compiled.applies(args, kwargs):
             return self._inference(args[0])
         return super().__call__(*args, **kwargs)
 
