@@ -11,22 +11,18 @@ from vit_hub.errors import ConfigError
 def attention_maps(model, images):
     """Every block's attention weights: a list of (B, heads, tokens, tokens) arrays,
     token 0 being the class token."""
+    import keras
+
     _, maps = model.encode(images, return_attention=True)
-    return [to_numpy(m) for m in maps]
+    return [keras.ops.convert_to_numpy(m) for m in maps]  # (PyTorch: detached from autograd)
 
 
 def intermediate_outputs(model, images):
     """Every block's output tokens (before the final norm): a list of (B, tokens, D)."""
-    _, outputs = model.encode(images, return_intermediates=True)
-    return [to_numpy(x) for x in outputs]
-
-
-def to_numpy(tensor):
-    """A backend tensor as numpy (on PyTorch detached from autograd: np.asarray refuses
-    tensors that require grad)."""
     import keras
 
-    return keras.ops.convert_to_numpy(tensor)
+    _, outputs = model.encode(images, return_intermediates=True)
+    return [keras.ops.convert_to_numpy(x) for x in outputs]
 
 
 def attention_rollout(maps, grid_size, head_fusion="mean"):

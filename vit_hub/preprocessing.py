@@ -17,8 +17,8 @@ def preprocess(images, image_size=224, crop_fraction=None):
     """Images -> float32 (B, height, width, 3) in [-1, 1], as the checkpoints expect.
 
     Args:
-        images: a file path (JPEG, PNG, GIF, BMP, WebP; read with Pillow) or a list; a PIL image or a
-            list; an array (H, W, 3) or (B, H, W, 3) of uint8 (0..255) or floats in
+        images: a file path (JPEG, PNG, GIF, BMP, WebP; read with Pillow) or a list of
+            them; a PIL image or a list; an array (H, W, 3) or (B, H, W, 3) of uint8 (0..255) or floats in
             [0, 1]; or a list of such arrays of any sizes.
         image_size: int or (height, width) of the output.
         crop_fraction: if given, keep this central fraction of each image before

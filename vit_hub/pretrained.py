@@ -56,13 +56,13 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
         # The sha256 of the cached file is computed while the empty model is built (the
         # two take turns on the GIL: hashing releases it), and checked before a byte of
         # the file is parsed.
+        cache = CacheEntry(name, cache_dir)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            hashing = pool.submit(CacheEntry(name, cache_dir).problem)
+            hashing = pool.submit(cache.problem)
             model = empty_model(published, **model_kwargs)
             intact = hashing.result() is None
         # A miss or a corrupt entry: the full path (convert, or say why not).
-        path = CacheEntry(name, cache_dir).weights_path if intact else cached_weights(
-            name, cache_dir, offline)
+        path = cache.weights_path if intact else cached_weights(name, cache_dir, offline)
     with open_weights_file(path) as (tensors, architecture):  # each tensor read once
         _check_architecture(entry, published, architecture, path)
         if model is None or architecture != published:  # a file of another size or head

@@ -143,12 +143,6 @@ def open_weights_file(path):
                            "corrupt: convert it again.") from None
 
 
-def read_weights_file(path):
-    """({canonical path: array}, Architecture) from a converted-weights file, in memory."""
-    with open_weights_file(path) as (datasets, architecture):
-        return {name: dataset[()] for name, dataset in datasets.items()}, architecture
-
-
 def resample_position_embeddings(embeddings, old_grid, new_grid):
     """Position embeddings (1, 1 + rows*cols, D) for another patch grid: the class token's
     embedding is kept, the patch grid is resized bicubically, antialiased when it
