@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --models vit_b32_fe --json out/bench.json
     python benchmarks/run.py compare --json out/compare.json     # every variant
+    python benchmarks/run.py embed --json out/embed.json         # vit-embed vs predict
     python benchmarks/run.py --smoke                             # tiny, seconds (CI)
 
 Checkpoints are full-size models in the published format with random weights, built
@@ -13,8 +14,8 @@ by `vit_hub.conversion.published_format` into out/bench/, and reused. Figures:
   bf16; `predict_on_batch`; XLA fp32; at the smallest batch also Keras int8 and the
   op-by-op eager path;
 - bf16 and int8 accuracy: the least cosine of their outputs to fp32's;
-- per Keras backend (TensorFlow, JAX, PyTorch; fresh processes, same cache): load + first
-  call, and images/s of `model(x)`, `predict_on_batch` and bf16 `model(x)` at each
+- per Keras backend (TensorFlow, JAX, PyTorch; fresh processes, same cache), for the
+  first model named: load + first call, and images/s of `model(x)`, `predict_on_batch` and bf16 `model(x)` at each
   batch size;
 - conversion (`convert_into_cache` from the SavedModel, fresh process): time and peak
   RSS, next to the raw I/O floor (read the source bytes, write as many bytes);
@@ -84,18 +85,19 @@ def resnet_flops(arch):
 
 
 def matmul_gflops(dtype="float32", n=2048, repeats=10):
-    """Best sustained GFLOP/s of an n x n matmul on this machine (XLA-compiled)."""
+    """Best sustained GFLOP/s of an n x n matmul on this machine, the better of a TF graph
+    (oneDNN: the one path here that runs bf16 on the CPU's bf16 instructions) and XLA."""
     import tensorflow as tf
 
-    a = tf.random.normal((n, n), dtype=tf.float32)
-    a = tf.cast(a, dtype)
-    step = tf.function(lambda x: tf.matmul(x, x), jit_compile=True)
-    step(a).numpy()
+    a = tf.cast(tf.random.normal((n, n), dtype=tf.float32), dtype)
     best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+    for jit in (False, True):
+        step = tf.function(lambda x: tf.matmul(x, x), jit_compile=jit)
         step(a).numpy()
-        best = min(best, time.perf_counter() - start)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step(a).numpy()
+            best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 
 
@@ -386,7 +388,8 @@ def bench_model(name, args, host):
     result = {"model": name, "checkpoint": "test-built, published format, random weights",
               "conversion": conversion(name, source, cache, repeats, smoke),
               "first_prediction": first_prediction(name, source, cache, size, repeats, smoke)}
-    result["backends"] = backends(name, source, cache, args.batch, smoke)
+    if name == args.backends_model:  # one model: ~1 min for B/32, ~7 for B/16
+        result["backends"] = backends(name, source, cache, args.batch, smoke)
     functions = contenders(name, source, cache)
     result["cosine_to_fp32"] = cosines(functions, size)
     flops = flops_per_image(arch)
@@ -490,7 +493,7 @@ def print_model(result):
         row = ", ".join(f"{k} {v:.1f}" for k, v in t["images_per_s"].items())
         print(f"  batch {batch} images/s: {row}; roofline fp32 {t['roofline_pct_fp32']:.0f}%, "
               f"bf16 {t['roofline_pct_bf16']:.0f}%")
-    for backend, b in result["backends"].items():
+    for backend, b in result.get("backends", {}).items():
         if "error" in b:
             print(f"  {backend}: {b['error']}")
             continue
@@ -561,9 +564,34 @@ def compare(args):
     return rows
 
 
+def embed(args):
+    """vit-embed (1 and 2 workers) against a plain predict loop: benchmarks/embed.py."""
+    sys.path.insert(0, REPO)
+    from benchmarks.embed import bench_embed
+    from vit_hub.conversion.pipeline import convert_into_cache
+
+    name, register = args.models.split(",")[0], ""
+    if args.smoke:
+        fields, name = smoke_fields(name), f"{name}_smoke"
+        register_smoke(name, fields)
+        register = (f"import vit_hub; vit_hub.register_variant({SMOKE_VARIANT[0]!r}, "
+                    f"**{SMOKE_VARIANT[1]!r}); vit_hub.register_model({name!r}, {fields!r})")
+    source, cache, _ = checkpoint(name)
+    convert_into_cache(name, cache_dir=cache, source=source, verify=False)  # once
+    result = bench_embed(name, cache, os.path.join(WORK, "embed_images"), register,
+                         count=12 if args.smoke else 512, batch=4 if args.smoke else 32,
+                         repeats=1 if args.smoke else 2)
+    rates, overhead = result["images_per_s"], result["overhead_vs_predict_loop"]
+    for key in rates:
+        print(f"{key:20} {rates[key]:7.2f} img/s  {overhead[key]:5.2f}x the predict loop's time")
+    print(f"rows {result['rows']}, max abs difference to predict "
+          f"{result['max_abs_diff_vs_predict']:.1e}")
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="vit_hub benchmarks")
-    parser.add_argument("mode", nargs="?", choices=["models", "compare"], default="models")
+    parser.add_argument("mode", nargs="?", choices=["models", "compare", "embed"], default="models")
     parser.add_argument("--models", default="vit_b32_fe", help="comma-separated names")
     parser.add_argument("--variants", default=None, help="compare: comma-separated variants")
     parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
@@ -578,6 +606,8 @@ def main(argv=None):
     started = time.perf_counter()
     if args.mode == "compare":
         report = {"compare": compare(args)}
+    elif args.mode == "embed":
+        report = {"embed": embed(args)}
     else:
         host = machine()
         print(f"{host['cpu']}, {host['cores']} cores: matmul {host['matmul_gflops_fp32']:.0f} "
@@ -589,6 +619,7 @@ def main(argv=None):
                 register_smoke(name, fields)
             names = list(smoke)
         args.smoke_fields = smoke if args.smoke else {}  # name -> fields, for the children
+        args.backends_model = names[0]  # the per-backend figures: the first model's
         results = [bench_model(name, args, host) for name in names]
         for result in results:
             print_model(result)

@@ -204,6 +204,7 @@ def run_python(code, **env):
 
 
 HEAVY = "sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch', 'kagglehub') if m in sys.modules)"
+HEAVY_OR_RAY = HEAVY.replace("'kagglehub')", "'kagglehub', 'ray', 'pyarrow')")
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--list"], [], ["vit_b32_fx"],
@@ -214,6 +215,17 @@ def test_convert_weights_answers_help_list_and_usage_errors_without_a_framework(
                       f"    code = exit.code\nprint('CODE', code, {HEAVY})")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"CODE {0 if argv in (['--help'], ['--list']) else 2} []"
+
+
+@pytest.mark.parametrize("argv", [["--help"], [], ["vit_b32_fe", "photos", "-o", "out",
+                                                   "--workers", "0"]])
+def test_vit_embed_answers_help_and_usage_errors_without_a_framework_or_ray(argv):
+    done = run_python(f"import sys; from vit_hub.embed.cli import main\n"
+                      f"try:\n    code = main({argv!r})\nexcept SystemExit as exit:\n"
+                      f"    code = exit.code\n"
+                      f"print('CODE', code, {HEAVY_OR_RAY})")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"CODE {0 if argv == ['--help'] else 2} []"
 
 
 def test_import_vit_hub_is_light():

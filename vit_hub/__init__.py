@@ -63,9 +63,13 @@ _LAZY = {
     "BottleneckUnit": "vit_hub.resnet_stem",
     "StandardizedConv2D": "vit_hub.resnet_stem",
     "KerasLayer": "vit_hub.keras_layer",
+    "layout_map": "vit_hub.distribution",
+    "embed_images": "vit_hub.embed",
 }
 
 if TYPE_CHECKING:  # what IDEs and static checkers see; at run time see __getattr__
+    from vit_hub.distribution import layout_map
+    from vit_hub.embed import embed_images
     from vit_hub.keras_layer import KerasLayer
     from vit_hub.attention import (
         attention_maps,

@@ -13,6 +13,8 @@ TensorFlow function work (GradientTape); under a JAX trace the inputs are tracer
 plain path is taken. PyTorch runs eagerly already (its native mode).
 """
 
+import functools
+
 import keras
 
 
@@ -72,8 +74,10 @@ class CompiledInference:
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            call = self.call
-            return tf.function(lambda images: call(images, training=False),
+            # A partial, not a lambda: TensorFlow counts traces per code object, so every
+            # model's lambda would add to one count and warn of "excessive retracing" once
+            # a process has made a few models (each traces once or twice).
+            return tf.function(functools.partial(self.call, training=False),
                                reduce_retracing=True, autograph=False)
         import jax
 

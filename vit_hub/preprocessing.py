@@ -4,6 +4,7 @@ The published models take RGB float32 in [-1, 1], `(pixel - 127.5) / 127.5`, at 
 """
 
 import functools
+import io
 import importlib.resources
 import os
 
@@ -53,17 +54,24 @@ def _is_pil(obj):
 
 
 def _read(path):
-    """An image file as float32 (H, W, 3) in [0, 1], the first frame of an animation,
-    turned upright as its EXIF orientation says (as a photo viewer shows it)."""
-    from PIL import Image, ImageOps
-
+    """An image file as float32 (H, W, 3) in [0, 1] (see `decode_image`)."""
     if not os.path.isfile(path):
         raise MissingFileError(f"No image file at {path}.")
+    with open(path, "rb") as file:
+        return decode_image(file.read(), path)
+
+
+def decode_image(data, name):
+    """The bytes of an image file as float32 (H, W, 3) in [0, 1]: the first frame of an
+    animation, turned upright as its EXIF orientation says (as a photo viewer shows it).
+    ImageError, naming `name`, for bytes Pillow cannot decode."""
+    from PIL import Image, ImageOps
+
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(f"{path} is not a readable JPEG, PNG, GIF, BMP or WebP image "
+        raise ImageError(f"{name} is not a readable JPEG, PNG, GIF, BMP or WebP image "
                          f"({err}).") from None
     return pixels.astype(np.float32) / 255.0
 

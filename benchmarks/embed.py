@@ -1,0 +1,99 @@
+"""vit-embed against a plain `model.predict` loop over the same image files.
+
+    python benchmarks/run.py embed --models vit_b32_fe --json out/embed.json
+
+Both are whole commands in fresh processes, as a user runs them (imports, Ray start, model
+load and every image's read, decode and resize included), timed alternately; then the
+rows are compared with the loop's outputs. The images are JPEGs of a photo's statistics
+(smooth gradients plus noise), 320x240, written once into out/bench/embed_images.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+LOOP = r"""
+import glob, os, sys
+import numpy as np
+import vit_hub
+{register}
+name, folder, cache, batch, out = sys.argv[1:6]
+paths = sorted(glob.glob(os.path.join(folder, "*.jpg")))
+model = vit_hub.load_pretrained(name, cache_dir=cache, offline=True)
+size = vit_hub.get_entry(name).image_size
+outputs = [model.predict(vit_hub.preprocess(paths[i:i + int(batch)], image_size=size), verbose=0)
+           for i in range(0, len(paths), int(batch))]
+np.save(out, np.concatenate(outputs))
+"""
+
+CLI = r"""
+import sys
+{register}
+from vit_hub.embed.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def write_images(folder, count):
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:240, 0:320] / 320
+    for i in range(count):
+        path = os.path.join(folder, f"photo{i:05d}.jpg")
+        if not os.path.exists(path):
+            base = np.stack([np.sin((3 + i % 7) * xx), np.cos((2 + i % 5) * yy), xx * yy], -1)
+            pixels = np.clip((base * 0.5 + 0.5) * 255 + rng.normal(0, 12, base.shape), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jpg"))[:count]
+
+
+def run(code, args, env):
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"benchmark command failed:\n{done.stderr[-3000:]}")
+    return seconds, done.stdout
+
+
+def bench_embed(name, cache, images_folder, register="", count=512, batch=32, repeats=2):
+    """Images/s of the predict loop and of vit-embed with 1 and 2 workers, and the
+    largest difference between vit-embed's rows and the loop's outputs. `register`: code
+    that registers `name` in the commands' processes (the smoke stand-ins)."""
+    import pyarrow.parquet as pq
+
+    folder = os.path.join(images_folder, str(count))
+    paths = write_images(folder, count)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "VIT_HUB_OFFLINE": "1"}
+    seconds = {"predict_loop": [], "vit_embed_1_worker": [], "vit_embed_2_workers": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        expected = os.path.join(tmp, "expected.npy")
+        for round_ in range(repeats):  # alternating, so drift hits every contender alike
+            seconds["predict_loop"].append(run(LOOP.format(register=register),
+                                               [name, folder, cache, str(batch), expected], env)[0])
+            for workers, key in ((1, "vit_embed_1_worker"), (2, "vit_embed_2_workers")):
+                out = os.path.join(tmp, f"out-{workers}-{round_}")
+                seconds[key].append(run(CLI.format(register=register), [
+                    name, folder, "--output", out, "--cache-dir", cache, "--offline",
+                    "--workers", str(workers), "--batch-size", str(batch)], env)[0])
+        table = pq.read_table(out)
+        index = {p: i for i, p in enumerate(table.column("path").to_pylist())}
+        column = "features" if "features" in table.column_names else "logits"
+        rows = np.stack(table.column(column).to_numpy(zero_copy_only=False))
+        difference = float(np.abs(rows[[index[p] for p in paths]] - np.load(expected)).max())
+    median = {k: statistics.median(v) for k, v in seconds.items()}
+    return {
+        "model": name, "images": count, "batch_size": batch, "seconds": seconds,
+        "images_per_s": {k: count / v for k, v in median.items()},
+        "overhead_vs_predict_loop": {k: v / median["predict_loop"] for k, v in median.items()},
+        "max_abs_diff_vs_predict": difference,
+        "rows": table.num_rows,
+    }

@@ -1,0 +1,280 @@
+"""vit-embed on Ray Data, on this machine: the rows equal `model.predict`, unreadable
+images go to the errors file, a rerun resumes, a killed worker is retried with every image
+written exactly once, and bad input is refused before any work. Runs in the TensorFlow
+leg; its Ray workers use the backend of the process that starts them."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_CLASSIFICATION, TINY_IMAGE, TINY_NAME, tiny_hub_config
+from vit_hub.errors import CacheError, ImageError, MissingFileError, OutputExistsError
+
+pq = pytest.importorskip("pyarrow.parquet")
+ray = pytest.importorskip("ray")
+# The workers run the same model on the same images in other batches: float32 results
+# differ by a few ulps at most (measured 0 to 5e-7); 1e-5 is the issue's bound.
+TOLERANCE = 1e-5
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    from vit_hub.conversion import published_format
+    from vit_hub.conversion.pipeline import convert_into_cache
+
+    root = tmp_path_factory.mktemp("embed")
+    for name, kind in ((TINY_NAME, "fe"), (TINY_CLASSIFICATION, "classification")):
+        params = published_format.init_params(tiny_hub_config(), kind, seed=11)
+        source = published_format.export_saved_model(params, tiny_hub_config(), kind,
+                                                     str(root / name))
+        convert_into_cache(name, cache_dir=root / "cache", source=source)
+    # One Ray instance for the module, as a user's session would have (embed_images joins
+    # it); the CLI test starts its own, as a user's command does.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={
+        "env_vars": {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}})
+    yield str(root / "cache")
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """17 images of several sizes and formats in nested folders, two broken files and a
+    text file that is not an image."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(3)
+    for i in range(17):
+        folder = root / ("trips" if i % 3 else "") / ("2026" if i % 5 == 0 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        size = (int(rng.integers(20, 70)), int(rng.integers(20, 70)))
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:02d}.{('png', 'jpg', 'webp')[i % 3]}")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg at all")
+    (root / "trips" / "cut.png").write_bytes(next(root.rglob("img00.png")).read_bytes()[:60])
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def readable(photos):
+    return sorted(str(p) for p in photos.rglob("img*"))
+
+
+def expected_outputs(cache, name, paths):
+    import vit_hub
+
+    model = vit_hub.load_pretrained(name, cache_dir=cache, offline=True)
+    return model.predict(vit_hub.preprocess(paths, image_size=TINY_IMAGE), verbose=0)
+
+
+def rows(folder):
+    table = pq.read_table(folder)
+    return {path: i for i, path in enumerate(table.column("path").to_pylist())}, table
+
+
+def test_rows_equal_predict_and_unreadable_images_are_listed(cache, photos, tmp_path):
+    import vit_hub
+
+    out = tmp_path / "out"
+    summary = vit_hub.embed_images(TINY_NAME, photos, out, workers=2, batch_size=4,
+                                   shard_size=5, cache_dir=cache, offline=True,
+                                   progress=False)
+    paths = readable(photos)
+    assert (summary.images, summary.errors, summary.skipped, summary.shards) == (17, 2, 0, 4)
+    index, table = rows(out)
+    assert sorted(index) == paths and table.num_rows == 17  # each image once
+    features = np.stack(table.column("features").to_numpy(zero_copy_only=False))
+    expected = expected_outputs(cache, TINY_NAME, paths)
+    difference = np.abs(features[[index[p] for p in paths]] - expected).max()
+    assert difference <= TOLERANCE, difference
+    with open(out / "_errors.csv") as file:
+        errors = list(csv.DictReader(file))
+    assert [e["path"] for e in errors] == sorted([str(photos / "broken.jpg"),
+                                                  str(photos / "trips" / "cut.png")])
+    assert all("not a readable JPEG, PNG" in e["reason"] for e in errors)
+
+
+def test_classification_rows_hold_logits_and_the_top5(cache, photos, tmp_path):
+    import vit_hub
+
+    listing = tmp_path / "list.txt"  # a text file of paths, relative to its folder
+    paths = readable(photos)[:6]
+    listing.write_text("# six photos\n" + "\n".join(os.path.relpath(p, tmp_path)
+                                                    for p in paths) + "\n\n")
+    vit_hub.embed_images(TINY_CLASSIFICATION, listing, tmp_path / "out", batch_size=4,
+                         cache_dir=cache, offline=True, progress=False)
+    index, table = rows(tmp_path / "out")
+    assert sorted(index) == paths
+    assert table.column_names == ["path", "logits", "top5_labels", "top5_scores"]
+    logits = np.stack(table.column("logits").to_numpy(zero_copy_only=False))
+    expected = expected_outputs(cache, TINY_CLASSIFICATION, paths)
+    order = [index[p] for p in paths]
+    assert np.abs(logits[order] - expected).max() <= TOLERANCE
+    top = vit_hub.decode_predictions(expected, top=5)
+    labels = table.column("top5_labels").to_pylist()
+    scores = table.column("top5_scores").to_pylist()
+    for row, best in zip(order, top):
+        assert labels[row] == [name for _, name, _ in best]
+        np.testing.assert_allclose(scores[row], [p for _, _, p in best], atol=1e-5)
+
+
+def test_a_rerun_resumes_keeping_finished_shards(cache, photos, tmp_path):
+    import vit_hub
+
+    out = tmp_path / "out"
+    first = vit_hub.embed_images(TINY_NAME, str(photos / "trips" / "*.png"), out,
+                                 shard_size=3, cache_dir=cache, offline=True, progress=False)
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    (out / ".part-00099.parquet.0123.tmp").write_bytes(b"half a shard of a killed run")
+    second = vit_hub.embed_images(TINY_NAME, photos, out, shard_size=3, cache_dir=cache,
+                                  offline=True, progress=False)
+    assert first.images + first.errors == second.skipped  # the glob's images, cut.png too
+    assert second.images + second.errors == 19 - second.skipped
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")
+            if p.name in kept} == kept  # finished shards untouched
+    assert not list(out.glob(".*.tmp"))
+    index, table = rows(out)
+    assert sorted(index) == readable(photos) and table.num_rows == 17
+    third = vit_hub.embed_images(TINY_NAME, photos, out, cache_dir=cache, offline=True,
+                                 progress=False)
+    assert (third.images, third.errors, third.shards, third.skipped) == (0, 0, 0, 19)
+    assert len(list(csv.DictReader(open(out / "_errors.csv")))) == 2
+
+
+def readers_of(path):
+    """Pids of processes that have `path` open (the worker blocked reading the pipe)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in fds):
+                pids.append(int(pid))
+        except OSError:  # gone, or not ours
+            continue
+    return pids
+
+
+def wait_for_reader(path, other_than=(), timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [p for p in readers_of(path) if p not in other_than and p != os.getpid()]
+        if pids:
+            return pids[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no worker opened {path} within {timeout} s")
+
+
+def test_a_killed_worker_is_retried_and_each_image_written_once(cache, photos, tmp_path):
+    """One listed 'image' is a named pipe: the worker blocks reading it, mid-run, until
+    this test writes to it. The test kills that worker (SIGKILL), waits for Ray to run the
+    shard again in a new worker, then feeds the pipe."""
+    import vit_hub
+
+    paths = readable(photos)
+    pipe = tmp_path / "zz-slow.png"  # sorts last: earlier shards finish first
+    os.mkfifo(pipe)
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join([*paths, str(pipe)]))
+    out, outcome = tmp_path / "out", {}
+
+    def job():
+        try:
+            outcome["summary"] = vit_hub.embed_images(
+                TINY_NAME, listing, out, shard_size=4, batch_size=2, cache_dir=cache,
+                offline=True, progress=False)
+        except BaseException as err:  # reported by the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    # A non-blocking open for writing succeeds once the worker is opening the pipe;
+    # holding it open, the worker's read then waits for the bytes.
+    writer, deadline = None, time.monotonic() + 120
+    try:
+        while writer is None and time.monotonic() < deadline and thread.is_alive():
+            try:
+                writer = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: nobody reads it yet
+                time.sleep(0.2)
+        assert writer is not None, outcome
+        killed = wait_for_reader(pipe)
+        done_before = sorted(p.name for p in out.glob("part-*.parquet"))
+        os.kill(killed, signal.SIGKILL)
+        retried = wait_for_reader(pipe, other_than=(killed,))
+        os.set_blocking(writer, True)
+        os.write(writer, open(paths[0], "rb").read())  # the retried worker gets the image
+    finally:  # whatever happened, the pipe ends and the job finishes before teardown
+        if writer is not None:
+            os.close(writer)
+        thread.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    assert retried != killed and done_before  # a new worker, mid-run
+    assert outcome["summary"].images == 18 and outcome["summary"].errors == 0
+    index, table = rows(out)
+    assert table.num_rows == 18 and sorted(index) == sorted([*paths, str(pipe)])
+    features = np.stack(table.column("features").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(features[index[str(pipe)]], features[index[paths[0]]],
+                               atol=TOLERANCE)  # the pipe carried that image
+
+
+@pytest.mark.parametrize("case", ["offline_not_cached", "empty_source", "missing_source",
+                                  "other_models_rows", "output_is_a_file", "bad_batch"])
+def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
+    import vit_hub
+
+    out, source, kwargs = tmp_path / "out", photos, dict(cache_dir=cache, offline=True)
+    error, words = {
+        "offline_not_cached": (CacheError, "is not in the vit_hub cache"),
+        "empty_source": (ImageError, "No image files in the folder"),
+        "missing_source": (MissingFileError, "does not exist"),
+        "other_models_rows": (OutputExistsError, f"rows of {TINY_CLASSIFICATION}"),
+        "output_is_a_file": (OutputExistsError, "is a file"),
+        "bad_batch": (vit_hub.ConfigError, "batch_size must be a positive integer"),
+    }[case]
+    if case == "offline_not_cached":
+        kwargs["cache_dir"] = tmp_path / "empty-cache"
+    elif case == "empty_source":
+        source = tmp_path / "nothing"
+        source.mkdir()
+        (source / "readme.txt").write_text("no images here")
+    elif case == "missing_source":
+        source = tmp_path / "no-such-folder"
+    elif case == "other_models_rows":
+        vit_hub.embed_images(TINY_CLASSIFICATION, readable(photos)[0], out,
+                             progress=False, **kwargs)
+    elif case == "output_is_a_file":
+        out.write_text("")
+    elif case == "bad_batch":
+        kwargs["batch_size"] = 0
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(error, match=words):
+        vit_hub.embed_images(TINY_NAME, source, out, progress=False, **kwargs)
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written
+
+
+def test_the_cli_embeds_and_says_what_it_did(cache, photos, tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    register = "import tests.conftest; "  # the tiny catalogue, as a user registers one
+    command = [sys.executable, "-c", register + "import sys; from vit_hub.embed.cli import "
+               "main; sys.exit(main())"]
+    done = subprocess.run([*command, TINY_NAME, str(photos), "--output", str(tmp_path / "o"),
+                           "--cache-dir", cache, "--offline", "--workers", "2"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "17 images embedded" in done.stdout and "2 unreadable" in done.stdout
+    assert "_errors.csv" in done.stdout
+    assert pq.read_table(tmp_path / "o").num_rows == 17
+    refused = subprocess.run([*command, "vit_b32_fe", str(photos), "--output",
+                              str(tmp_path / "o2"), "--cache-dir", str(tmp_path / "none"),
+                              "--offline"], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2 and "vit-embed: " in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "o2").exists()

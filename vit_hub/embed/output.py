@@ -1,0 +1,125 @@
+"""vit-embed's output: a Parquet dataset folder, one file per finished shard.
+
+    OUT/part-00000.parquet    rows of shard 0: path, features (or logits + top-5)
+    OUT/part-00001.parquet    ...
+    OUT/_errors.csv           path,reason of every image that could not be read
+
+A shard's file is written to a hidden temporary name and renamed into place, so it is
+there whole or not at all: a rerun keeps the finished shards and embeds only what is
+missing, and a shard retried after a killed worker replaces nothing but itself. Each
+file's Parquet metadata records the model and the shard's unreadable images, so the
+folder alone says what was done; `_errors.csv` is regenerated from it at the end of a
+run. Readers of Parquet datasets (pyarrow, pandas, Ray, Spark) skip `_` and `.` files.
+"""
+
+import csv
+import glob
+import json
+import os
+import re
+import uuid
+
+from vit_hub.errors import OutputExistsError
+
+MODEL_KEY = b"vit_hub.model"
+ERRORS_KEY = b"vit_hub.errors"
+ERRORS_FILE = "_errors.csv"
+_PART = re.compile(r"part-(\d+)\.parquet")
+
+
+def part_name(index):
+    return f"part-{index:05d}.parquet"
+
+
+class EmbedOutput:
+    """The output folder of one model's embeddings."""
+
+    def __init__(self, folder, model):
+        self.folder = os.path.abspath(os.fspath(folder))
+        self.model = model
+
+    def parts(self):
+        """{shard index: path} of the finished shards."""
+        if not os.path.isdir(self.folder):
+            return {}
+        found = (_PART.fullmatch(name) for name in os.listdir(self.folder))
+        return {int(m.group(1)): os.path.join(self.folder, m.group(0)) for m in found if m}
+
+    def check(self):
+        """OutputExistsError, before any work, for an OUT that is a file, or that holds
+        rows of another model or files vit-embed did not write."""
+        if os.path.exists(self.folder) and not os.path.isdir(self.folder):
+            raise OutputExistsError(f"--output {self.folder} is a file; give a folder for "
+                                    "the Parquet dataset.")
+        for path in self.parts().values():
+            model = _metadata(path).get(MODEL_KEY, b"").decode()
+            if model != self.model:
+                found = f"rows of {model}" if model else "a Parquet file vit-embed did not write"
+                raise OutputExistsError(
+                    f"--output {self.folder} already holds {found} ({os.path.basename(path)}),"
+                    f" not of {self.model}: give another folder, or delete it to start over.")
+
+    def finished(self):
+        """Locations already done (embedded, or recorded as unreadable) in finished shards."""
+        import pyarrow.parquet as pq
+
+        done = set()
+        for path in self.parts().values():
+            done.update(pq.read_table(path, columns=["path"]).column("path").to_pylist())
+            done.update(location for location, _ in _errors(path))
+        return done
+
+    def remove_temporaries(self):
+        """Half-written shards of a run that was killed (hidden, never read)."""
+        for path in glob.glob(os.path.join(glob.escape(self.folder), ".part-*.tmp")):
+            os.remove(path)
+
+    def write_errors_file(self):
+        """`_errors.csv` from every finished shard's record; the number of errors."""
+        rows = sorted(row for path in self.parts().values() for row in _errors(path))
+        target = os.path.join(self.folder, ERRORS_FILE)
+        if not rows:
+            if os.path.exists(target):
+                os.remove(target)
+            return 0
+        temporary = os.path.join(self.folder, f".{ERRORS_FILE}.{uuid.uuid4().hex}.tmp")
+        with open(temporary, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["path", "reason"])
+            writer.writerows(rows)
+        os.replace(temporary, target)
+        return len(rows)
+
+
+def write_part(folder, index, table, model, errors):
+    """Writes one shard's rows whole or not at all (temporary file, fsync, rename)."""
+    import pyarrow.parquet as pq
+
+    metadata = {**(table.schema.metadata or {}), MODEL_KEY: model.encode(),
+                ERRORS_KEY: json.dumps(errors).encode()}
+    table = table.replace_schema_metadata(metadata)
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{part_name(index)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            pq.write_table(table, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, os.path.join(folder, part_name(index)))
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _metadata(path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).metadata or {}
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise OutputExistsError(f"{path} is not a readable Parquet file ({err}); delete it "
+                                "or give another --output folder.") from None
+
+
+def _errors(path):
+    return [tuple(row) for row in json.loads(_metadata(path).get(ERRORS_KEY, b"[]"))]
