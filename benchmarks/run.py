@@ -394,6 +394,8 @@ def bench_model(name, args, host):
     result["cosine_to_fp32"] = cosines(functions, size)
     flops = flops_per_image(arch)
     result["flops_per_image"] = flops
+    result["tokens"] = (size // arch.patch_size) ** 2 + 1  # with the class token
+    result["width"] = arch.hidden_dim
     result["machine_matmul_gflops_fp32"] = host["matmul_gflops_fp32"]
     result["machine_matmul_gflops_bf16"] = host["matmul_gflops_bf16"]
     result["throughput"] = {}
@@ -460,13 +462,15 @@ def reasons(result):
         f"initialised backend for {c['weights_bytes'] / 2**20:.0f} MiB of weights: the "
         "variables, one tensor in flight, and the Keras model's own objects",
         "bf16_large_batch_vs_hub_fp32": "bf16 model(x): " + rate("native_bf16_call")
-        + f"; hub fp32: {rate('hub_layer')}; the machine's bf16 matmul peak is "
-        f"{result['machine_matmul_gflops_bf16'] / peak:.2f}x its fp32 peak, and softmax, "
-        "GELU and LayerNorm run in float32",
+        + f"; hub fp32: {rate('hub_layer')}; at batch {max(per_batch, key=int)} bf16 runs at "
+        f"{per_batch[max(per_batch, key=int)]['roofline_pct_bf16']:.0f}% of the bf16 matmul "
+        f"peak ({result['machine_matmul_gflops_bf16'] / peak:.2f}x the fp32 peak); softmax, "
+        "GELU, LayerNorm and the casts run in float32 around the matmuls",
         "bf16_batch1_vs_own_fp32": "bf16 vs fp32 model(x) by batch: "
         + ", ".join(f"{t['bf16_call_vs_own_fp32_call']:.2f}x (batch {b})"
                     for b, t in per_batch.items())
-        + "; at batch 1 the matmuls are 50 x 768 and casts take a larger share",
+        + f"; at batch 1 the matmuls are {result['tokens']} x {result['width']} and the "
+        "casts and float32 parts take a larger share",
         "bf16_cosine_to_fp32": f"int8 (Keras quantize) for comparison: cosine "
         f"{result['cosine_to_fp32']['native_int8_call']:.5f}, " + rate("native_int8_call")
         + " img/s",

@@ -226,7 +226,8 @@ def test_a_killed_worker_is_retried_and_each_image_written_once(cache, photos, t
 
 
 @pytest.mark.parametrize("case", ["offline_not_cached", "empty_source", "missing_source",
-                                  "other_models_rows", "output_is_a_file", "bad_batch"])
+                                  "other_models_rows", "output_is_a_file", "bad_batch",
+                                  "output_in_use"])
 def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
     import vit_hub
 
@@ -238,6 +239,7 @@ def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
         "other_models_rows": (OutputExistsError, f"rows of {TINY_CLASSIFICATION}"),
         "output_is_a_file": (OutputExistsError, "is a file"),
         "bad_batch": (vit_hub.ConfigError, "batch_size must be a positive integer"),
+        "output_in_use": (OutputExistsError, "being written by another vit-embed run"),
     }[case]
     if case == "offline_not_cached":
         kwargs["cache_dir"] = tmp_path / "empty-cache"
@@ -254,10 +256,16 @@ def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
         out.write_text("")
     elif case == "bad_batch":
         kwargs["batch_size"] = 0
-    before = sorted(os.listdir(tmp_path))
+    elif case == "output_in_use":  # another run holds OUT
+        from filelock import FileLock
+
+        out.mkdir()
+        held = FileLock(out / ".vit-embed.lock")
+        held.acquire()
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     with pytest.raises(error, match=words):
         vit_hub.embed_images(TINY_NAME, source, out, progress=False, **kwargs)
-    assert sorted(os.listdir(tmp_path)) == before  # nothing written
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
 
 
 def test_the_cli_embeds_and_says_what_it_did(cache, photos, tmp_path):

@@ -70,24 +70,29 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
     locations = list_images(source)  # nothing to embed: refused here too
     cached_weights(entry.name, cache_dir, offline)  # offline and not cached: refused here
     start = time.perf_counter()
-    out.remove_temporaries()
-    done = out.finished()
-    pending = [p for p in locations if p not in done]
-    size = shard_size or max(1, min(MAX_SHARD, -(-len(pending) // (4 * workers))))
-    first = max(out.parts(), default=-1) + 1
-    shards = [{"shard": first + i, "paths": pending[j:j + size]}
-              for i, j in enumerate(range(0, len(pending), size))]
-    images = errors = 0
-    if shards:
-        results = _run(shards, entry, out, workers, address, batch_size, cache_dir,
-                       cpus_per_worker, gpus_per_worker)
-        with _progress_bar(len(pending), progress, entry.name) as bar:
-            for row in results:
-                images, errors = images + int(row["images"]), errors + int(row["errors"])
-                bar.update(int(row["images"]) + int(row["errors"]))
-    out.write_errors_file()
+    with out.lock():
+        out.remove_temporaries()
+        done = out.finished()
+        pending = [p for p in locations if p not in done]
+        size = shard_size or max(1, min(MAX_SHARD, -(-len(pending) // (4 * workers))))
+        shards = _shards(pending, first=max(out.parts(), default=-1) + 1, size=size)
+        images = errors = 0
+        if shards:
+            results = _run(shards, entry, out, workers, address, batch_size, cache_dir,
+                           cpus_per_worker, gpus_per_worker)
+            with _progress_bar(len(pending), progress, entry.name) as bar:
+                for row in results:
+                    images, errors = images + int(row["images"]), errors + int(row["errors"])
+                    bar.update(int(row["images"]) + int(row["errors"]))
+        out.write_errors_file()
     return EmbedSummary(out.folder, images, errors, len(locations) - len(pending),
                         len(shards), time.perf_counter() - start)
+
+
+def _shards(pending, first, size):
+    """Consecutive runs of `size` images, numbered on from the finished shards."""
+    return [{"shard": first + i, "paths": pending[j:j + size]}
+            for i, j in enumerate(range(0, len(pending), size))]
 
 
 def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus):

@@ -12,6 +12,7 @@ folder alone says what was done; `_errors.csv` is regenerated from it at the end
 run. Readers of Parquet datasets (pyarrow, pandas, Ray, Spark) skip `_` and `.` files.
 """
 
+import contextlib
 import csv
 import glob
 import json
@@ -24,6 +25,7 @@ from vit_hub.errors import OutputExistsError
 MODEL_KEY = b"vit_hub.model"
 ERRORS_KEY = b"vit_hub.errors"
 ERRORS_FILE = "_errors.csv"
+LOCK_FILE = ".vit-embed.lock"
 _PART = re.compile(r"part-(\d+)\.parquet")
 
 
@@ -58,6 +60,21 @@ class EmbedOutput:
                 raise OutputExistsError(
                     f"--output {self.folder} already holds {found} ({os.path.basename(path)}),"
                     f" not of {self.model}: give another folder, or delete it to start over.")
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Held for a whole run: two runs writing one OUT would number shards alike."""
+        from filelock import FileLock, Timeout
+
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, LOCK_FILE)
+        try:
+            with FileLock(path, timeout=0):
+                yield
+        except Timeout:
+            raise OutputExistsError(f"--output {self.folder} is being written by another "
+                                    "vit-embed run; wait for it to finish, or give another "
+                                    "folder.") from None
 
     def finished(self):
         """Locations already done (embedded, or recorded as unreadable) in finished shards."""
