@@ -20,6 +20,7 @@ test use a subprocess.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import socket
@@ -225,7 +226,9 @@ def test_download_arrives_intact(model_dir, cache, wiring, archive):
         assert sorted(d["path"] for d in dl) == sorted(files_of(model_dir))
         assert all({k: v for k, v in d.items() if k != "path"} == base for d in dl)
     assert all(c["authorization"] is None for c in fk.calls)
-    assert all(c["user_agent"].startswith("kagglehub/1.0.2") for c in fk.calls)
+    # kagglehub names its own version (not imported here: it reads its environment at import)
+    version = importlib.metadata.version("kagglehub")
+    assert all(c["user_agent"].startswith(f"kagglehub/{version}") for c in fk.calls)
 
 
 def test_zip_archive_is_extracted_too(model_dir, cache):
