@@ -14,8 +14,6 @@ through `vit_hub.load_pretrained`, offline if need be.
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +56,9 @@ def obtain_checkpoint():
 
 
 def main():
+    from vit_hub.terminal import start_tensorflow_quietly
+
+    start_tensorflow_quietly()  # the conversion runs on TensorFlow: its log lines kept off
     import vit_hub
     from vit_hub.conversion.pipeline import convert_into_cache
 

@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY_CLASSIFICATION, TINY_IMAGE, TINY_NAME, tiny_hub_config
-from vit_hub.errors import CacheError, ImageError, MissingFileError, OutputExistsError
+from vit_hub.errors import (
+    CacheError,
+    EmbedError,
+    ImageError,
+    MissingFileError,
+    OutputExistsError,
+)
 
 pq = pytest.importorskip("pyarrow.parquet")
 ray = pytest.importorskip("ray")
@@ -172,39 +178,57 @@ def wait_for_reader(path, other_than=(), timeout=120):
     raise AssertionError(f"no worker opened {path} within {timeout} s")
 
 
-def test_a_killed_worker_is_retried_and_each_image_written_once(cache, photos, tmp_path):
-    """One listed 'image' is a named pipe: the worker blocks reading it, mid-run, until
-    this test writes to it. The test kills that worker (SIGKILL), waits for Ray to run the
-    shard again in a new worker, then feeds the pipe."""
+def start_embedding(source, out, cache, **kwargs):
+    """embed_images on a thread: (thread, outcome), outcome gets "summary" or "error"."""
     import vit_hub
 
-    paths = readable(photos)
-    pipe = tmp_path / "zz-slow.png"  # sorts last: earlier shards finish first
-    os.mkfifo(pipe)
-    listing = tmp_path / "list.txt"
-    listing.write_text("\n".join([*paths, str(pipe)]))
-    out, outcome = tmp_path / "out", {}
+    outcome = {}
 
     def job():
         try:
             outcome["summary"] = vit_hub.embed_images(
-                TINY_NAME, listing, out, shard_size=4, batch_size=2, cache_dir=cache,
-                offline=True, progress=False)
+                TINY_NAME, source, out, shard_size=4, batch_size=2, cache_dir=cache,
+                offline=True, progress=False, **kwargs)
         except BaseException as err:  # reported by the main thread
             outcome["error"] = err
 
     thread = threading.Thread(target=job)
     thread.start()
-    # A non-blocking open for writing succeeds once the worker is opening the pipe;
-    # holding it open, the worker's read then waits for the bytes.
-    writer, deadline = None, time.monotonic() + 120
+    return thread, outcome
+
+
+def pipe_writer(pipe, thread, outcome, timeout=120):
+    """The write end of `pipe`, opened once a worker opens it to read: holding it open,
+    the worker's read then waits for the bytes (or for its close: an empty file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and thread.is_alive():
+        try:
+            return os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: nobody reads it yet
+            time.sleep(0.2)
+    raise AssertionError(f"no worker opened {pipe}: {outcome}")
+
+
+def listing_with_a_pipe(photos, tmp_path):
+    """A list of the readable images and, last, a named pipe: its shard runs last."""
+    paths = readable(photos)
+    pipe = tmp_path / "zz-slow.png"
+    os.mkfifo(pipe)
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join([*paths, str(pipe)]))
+    return paths, pipe, listing
+
+
+def test_a_killed_worker_is_retried_and_each_image_written_once(cache, photos, tmp_path):
+    """One listed 'image' is a named pipe: the worker blocks reading it, mid-run, until
+    this test writes to it. The test kills that worker (SIGKILL), waits for Ray to run the
+    shard again in a new worker, then feeds the pipe."""
+    paths, pipe, listing = listing_with_a_pipe(photos, tmp_path)
+    out = tmp_path / "out"
+    thread, outcome = start_embedding(listing, out, cache)
+    writer = None
     try:
-        while writer is None and time.monotonic() < deadline and thread.is_alive():
-            try:
-                writer = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO: nobody reads it yet
-                time.sleep(0.2)
-        assert writer is not None, outcome
+        writer = pipe_writer(pipe, thread, outcome)
         killed = wait_for_reader(pipe)
         done_before = sorted(p.name for p in out.glob("part-*.parquet"))
         os.kill(killed, signal.SIGKILL)
@@ -225,9 +249,45 @@ def test_a_killed_worker_is_retried_and_each_image_written_once(cache, photos, t
                                atol=TOLERANCE)  # the pipe carried that image
 
 
+def test_a_shard_whose_worker_keeps_dying_stops_the_job_and_a_rerun_resumes(
+        cache, photos, tmp_path):
+    """The worker reading the pipe is killed each time (as an image that crashes the
+    decoder would kill it): with retries=1 the second death stops the job with an
+    EmbedError; the finished shards stay, and a rerun embeds the rest."""
+    import vit_hub
+
+    paths, pipe, listing = listing_with_a_pipe(photos, tmp_path)
+    out = tmp_path / "out"
+    thread, outcome = start_embedding(listing, out, cache, retries=1)
+    writer, killed = None, []
+    try:
+        writer = pipe_writer(pipe, thread, outcome)
+        for _ in range(2):
+            killed.append(wait_for_reader(pipe, other_than=killed))
+            os.kill(killed[-1], signal.SIGKILL)
+    finally:  # a third reader (none is expected) would read an empty file and finish
+        if writer is not None:
+            os.close(writer)
+        thread.join(timeout=300)
+    assert not thread.is_alive()
+    error = outcome.get("error")
+    assert isinstance(error, EmbedError), outcome
+    assert "died 2 times (retries=1)" in str(error) and "a rerun resumes" in str(error)
+    kept, table = rows(out)
+    assert str(pipe) not in kept and 0 < table.num_rows < 18  # whole shards, not the last
+    assert not [p for p in os.listdir(out) if p.startswith(".part")]  # no half-written file
+    os.remove(pipe)
+    os.link(paths[0], pipe)  # the crashing image replaced: the rerun does the rest
+    summary = vit_hub.embed_images(TINY_NAME, listing, out, shard_size=4, batch_size=2,
+                                   cache_dir=cache, offline=True, progress=False)
+    assert summary.skipped == len(kept) and summary.images == 18 - len(kept)
+    index, table = rows(out)
+    assert table.num_rows == 18 and sorted(index) == sorted([*paths, str(pipe)])
+
+
 @pytest.mark.parametrize("case", ["offline_not_cached", "empty_source", "missing_source",
                                   "other_models_rows", "output_is_a_file", "bad_batch",
-                                  "output_in_use"])
+                                  "output_in_use", "bad_retries", "address_elsewhere"])
 def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
     import vit_hub
 
@@ -240,6 +300,8 @@ def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
         "output_is_a_file": (OutputExistsError, "is a file"),
         "bad_batch": (vit_hub.ConfigError, "batch_size must be a positive integer"),
         "output_in_use": (OutputExistsError, "being written by another vit-embed run"),
+        "bad_retries": (vit_hub.ConfigError, "retries must be a whole number >= 0"),
+        "address_elsewhere": (vit_hub.ConfigError, "already connected to the Ray cluster"),
     }[case]
     if case == "offline_not_cached":
         kwargs["cache_dir"] = tmp_path / "empty-cache"
@@ -256,6 +318,10 @@ def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
         out.write_text("")
     elif case == "bad_batch":
         kwargs["batch_size"] = 0
+    elif case == "bad_retries":
+        kwargs["retries"] = -1
+    elif case == "address_elsewhere":  # the module's Ray runs: another cluster can't join
+        kwargs["address"] = "10.0.0.1:6379"
     elif case == "output_in_use":  # another run holds OUT
         from filelock import FileLock
 

@@ -64,6 +64,11 @@ class OutputExistsError(VitHubError, FileExistsError):
     """An output would overwrite existing files that were not meant to be replaced."""
 
 
+class EmbedError(VitHubError, RuntimeError):
+    """A vit-embed job stopped: a shard's worker died more often than it may be retried.
+    The finished shards are kept; a rerun resumes."""
+
+
 class MissingDependencyError(VitHubError, ImportError):
     """An optional package that this feature needs is not installed."""
 

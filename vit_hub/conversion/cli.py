@@ -53,7 +53,6 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from vit_hub.catalogue import get_entry, list_models
     from vit_hub.errors import VitHubError
 
@@ -78,6 +77,7 @@ def convert_one(name, args):
     from vit_hub.cache import CacheEntry, is_offline
     from vit_hub.conversion.pipeline import convert_into_cache
     from vit_hub.errors import VitHubError
+    from vit_hub.terminal import start_tensorflow_quietly
 
     entry = CacheEntry(name, args.cache_dir)
     steps = []  # none when the entry was complete (also if another process made it)
@@ -85,6 +85,8 @@ def convert_one(name, args):
     with tqdm(total=len(STEPS), desc=name, unit="step", file=sys.stderr, leave=False) as bar:
 
         def progress(step):
+            if not steps:  # work to do (a cached entry has none): on TensorFlow
+                start_tensorflow_quietly()
             steps.append(step)
             bar.set_postfix_str(step)
             bar.n = STEPS.index(step)

@@ -11,11 +11,12 @@ whole, so every image is in the output exactly once. The same code runs on this 
 import dataclasses
 import logging
 import os
+import sys
 import time
 
 from vit_hub.embed.output import EmbedOutput
 from vit_hub.embed.sources import list_images
-from vit_hub.errors import ConfigError, MissingDependencyError
+from vit_hub.errors import ConfigError, EmbedError, MissingDependencyError
 
 MAX_SHARD = 1024  # images per shard: the unit of progress, retry and resume
 
@@ -36,7 +37,7 @@ class EmbedSummary:
 
 def embed_images(model, source, output, *, workers=1, address=None, batch_size=32,
                  cache_dir=None, offline=None, shard_size=None, cpus_per_worker=None,
-                 gpus_per_worker=0, progress=True):
+                 gpus_per_worker=0, retries=3, progress=True):
     """Embeds every image of `source` with `model` into the Parquet dataset `output`.
 
     Args:
@@ -55,6 +56,9 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
         shard_size: images per shard (default: up to 1024, at least 4 shards a worker).
         cpus_per_worker, gpus_per_worker: Ray resources of each actor (default: this
             cluster's CPUs shared evenly, no GPU).
+        retries: times a shard is run again after its worker died (killed, out of
+            memory, its machine lost, a decoder crash) before the job stops with an
+            `EmbedError`; the shards finished by then are kept for a rerun.
         progress: a progress bar on stderr.
 
     Returns an `EmbedSummary`. Unreadable images are listed with their reason in
@@ -64,6 +68,8 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
     from vit_hub.pretrained import cached_weights
 
     _check_positive(workers=workers, batch_size=batch_size, shard_size=shard_size)
+    _check_retries(retries)
+    _check_address(address)
     entry = get_entry(model)
     out = EmbedOutput(output, entry.name)
     out.check()  # another model's rows: refused before anything is read
@@ -77,14 +83,21 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
         size = shard_size or max(1, min(MAX_SHARD, -(-len(pending) // (4 * workers))))
         shards = _shards(pending, first=max(out.parts(), default=-1) + 1, size=size)
         images = errors = 0
-        if shards:
-            results = _run(shards, entry, out, workers, address, batch_size, cache_dir,
-                           cpus_per_worker, gpus_per_worker)
-            with _progress_bar(len(pending), progress, entry.name) as bar:
-                for row in results:
-                    images, errors = images + int(row["images"]), errors + int(row["errors"])
-                    bar.update(int(row["images"]) + int(row["errors"]))
-        out.write_errors_file()
+        stopped = None
+        try:
+            if shards:
+                images, errors = _counted(
+                    _run(shards, entry, out, workers, address, batch_size, cache_dir,
+                         cpus_per_worker, gpus_per_worker, retries),
+                    len(pending), progress, entry.name)
+        except Exception as err:
+            if not _worker_died(err):
+                raise
+            stopped = _stopped(err, out, shards, retries)
+        finally:  # the finished shards' unreadable images, also when the job stopped
+            out.write_errors_file()
+    if stopped:  # raised without Ray's error, whose frames hold the job's actor handles
+        raise stopped
     return EmbedSummary(out.folder, images, errors, len(locations) - len(pending),
                         len(shards), time.perf_counter() - start)
 
@@ -95,7 +108,7 @@ def _shards(pending, first, size):
             for i, j in enumerate(range(0, len(pending), size))]
 
 
-def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus):
+def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus, retries):
     """The Ray Data job: shards -> a pool of `workers` ShardEmbedder actors -> counts."""
     ray = _ray(address)
     from vit_hub.architecture import variant_config
@@ -105,7 +118,11 @@ def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus
         cpus = ray.cluster_resources().get("CPU", 1) / workers
     dataset = ray.data.from_items(shards, override_num_blocks=len(shards))
     # Ray Data's actor pools restart an actor that dies (killed, out of memory, its machine
-    # lost) and run its shard again; the shard's file is written whole, once.
+    # lost) and run its shard again; the shard's file is written whole, once. Ray Data's
+    # own default retries a shard forever: one whose images crash the decoder would never
+    # end, so a shard gets `retries` more runs and an actor as many restarts (with more
+    # restarts than runs, the actor that died last would come back after the job stopped
+    # and hold its CPUs from the next job of this process: measured on Ray 2.60).
     return dataset.map_batches(
         ShardEmbedder,
         batch_size=1,
@@ -116,6 +133,8 @@ def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus
             batch_size=batch_size, threads=max(1, round(cpus))),
         num_cpus=cpus,
         num_gpus=gpus,
+        max_task_retries=retries,
+        max_restarts=retries,
     ).iter_rows()
 
 
@@ -138,11 +157,62 @@ def _ray(address):
     return ray
 
 
-def _progress_bar(total, enabled, name):
+def _check_address(address):
+    """`address` on a process already connected to Ray would be ignored: refused."""
+    ray = sys.modules.get("ray")
+    if address is None or ray is None or not ray.is_initialized():
+        return
+    current = ray.get_runtime_context().gcs_address
+    if address not in ("auto", current):
+        raise ConfigError(
+            f"This process is already connected to the Ray cluster at {current}, so "
+            f"address={address!r} cannot be joined: leave address out to run there, or "
+            "call ray.shutdown() first.")
+
+
+def _worker_died(err):
+    """Whether a Ray Data job failed because a worker died (more often than retried)."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    while err is not None:
+        if isinstance(err, (ActorDiedError, ActorUnavailableError)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _stopped(err, out, shards, retries):
+    """The EmbedError of a job whose worker kept dying: which shards are left, and why."""
+    finished = out.parts()
+    left = [s for s in shards if s["shard"] not in finished]
+    named = ", ".join(f"{s['shard']} ({s['paths'][0]} ...)" for s in left[:3])
+    return EmbedError(
+        f"A vit-embed worker died {retries + 1} times (retries={retries}), so the job "
+        f"stopped ({type(err).__name__}). Kept: the {len(finished)} finished shards in "
+        f"{out.folder}; a rerun resumes from there. Not finished: {len(left)} shards, "
+        f"{sum(len(s['paths']) for s in left)} images (shards {named}). A worker that "
+        "dies on one shard each time is killed by that shard's data (an image that "
+        "crashes the decoder: move it away and run again) or by memory (a smaller "
+        "batch size, fewer workers a machine).")
+
+
+def _counted(results, total, progress, name):
+    """Images embedded and found unreadable, from the workers' counts, with a progress
+    bar."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"vit-embed {name}", unit="img", disable=not enabled,
-                smoothing=0.1)
+    images = errors = 0
+    with tqdm(total=total, desc=f"vit-embed {name}", unit="img", disable=not progress,
+              smoothing=0.1) as bar:
+        for row in results:
+            images, errors = images + int(row["images"]), errors + int(row["errors"])
+            bar.update(int(row["images"]) + int(row["errors"]))
+    return images, errors
+
+
+def _check_retries(retries):
+    if not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be a whole number >= 0, got {retries!r}.")
 
 
 def _check_positive(**values):

@@ -37,11 +37,16 @@ def parse_args(argv):
     parser.add_argument("--cpus-per-worker", type=float, metavar="C",
                         help="default: the cluster's CPUs shared evenly")
     parser.add_argument("--gpus-per-worker", type=float, default=0, metavar="G")
+    parser.add_argument("--retries", type=int, default=3, metavar="R",
+                        help="runs of a shard after its worker died, before the job "
+                        "stops (default 3)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.retries < 0:
+        parser.error(f"--retries must be at least 0, got {args.retries}")
     return args
 
 
@@ -49,14 +54,17 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from vit_hub.embed import embed_images
-    from vit_hub.errors import VitHubError
+    from vit_hub.errors import EmbedError, VitHubError
 
     try:
         summary = embed_images(
             args.model, args.source, args.output, workers=args.workers,
             address=args.address, batch_size=args.batch_size, cache_dir=args.cache_dir,
             offline=args.offline or None, cpus_per_worker=args.cpus_per_worker,
-            gpus_per_worker=args.gpus_per_worker)
+            gpus_per_worker=args.gpus_per_worker, retries=args.retries)
+    except EmbedError as err:  # the job ran and stopped: finished shards are kept
+        print(f"vit-embed: {err}", file=sys.stderr)
+        return 1
     except VitHubError as err:
         print(f"vit-embed: {err}", file=sys.stderr)
         return 2
