@@ -22,6 +22,7 @@ from vit_hub.errors import (
     MissingFileError,
     OutputExistsError,
 )
+from vit_hub.files import TEMPORARY_PREFIX
 
 pq = pytest.importorskip("pyarrow.parquet")
 ray = pytest.importorskip("ray")
@@ -139,14 +140,14 @@ def test_a_rerun_resumes_keeping_finished_shards(cache, photos, tmp_path):
     first = vit_hub.embed_images(TINY_NAME, str(photos / "trips" / "*.png"), out,
                                  shard_size=3, cache_dir=cache, offline=True, progress=False)
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
-    (out / ".part-00099.parquet.0123.tmp").write_bytes(b"half a shard of a killed run")
+    (out / f"{TEMPORARY_PREFIX}0123part-00099.parquet").write_bytes(b"half a killed shard")
     second = vit_hub.embed_images(TINY_NAME, photos, out, shard_size=3, cache_dir=cache,
                                   offline=True, progress=False)
     assert first.images + first.errors == second.skipped  # the glob's images, cut.png too
     assert second.images + second.errors == 19 - second.skipped
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")
             if p.name in kept} == kept  # finished shards untouched
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(f"{TEMPORARY_PREFIX}*"))
     index, table = rows(out)
     assert sorted(index) == readable(photos) and table.num_rows == 17
     third = vit_hub.embed_images(TINY_NAME, photos, out, cache_dir=cache, offline=True,
@@ -275,7 +276,7 @@ def test_a_shard_whose_worker_keeps_dying_stops_the_job_and_a_rerun_resumes(
     assert "died 2 times (retries=1)" in str(error) and "a rerun resumes" in str(error)
     kept, table = rows(out)
     assert str(pipe) not in kept and 0 < table.num_rows < 18  # whole shards, not the last
-    assert not [p for p in os.listdir(out) if p.startswith(".part")]  # no half-written file
+    assert not list(out.glob(f"{TEMPORARY_PREFIX}*"))  # no half-written file
     os.remove(pipe)
     os.link(paths[0], pipe)  # the crashing image replaced: the rerun does the rest
     summary = vit_hub.embed_images(TINY_NAME, listing, out, shard_size=4, batch_size=2,

@@ -4,8 +4,8 @@
     OUT/part-00001.parquet    ...
     OUT/_errors.csv           path,reason of every image that could not be read
 
-A shard's file is written to a hidden temporary name and renamed into place, so it is
-there whole or not at all: a rerun keeps the finished shards and embeds only what is
+A shard's file is written through `files.atomic_path` (a hidden temporary file, fsync,
+rename), so it is there whole or not at all: a rerun keeps the finished shards and embeds only what is
 missing, and a shard retried after a killed worker replaces nothing but itself. Each
 file's Parquet metadata records the model and the shard's unreadable images, so the
 folder alone says what was done; `_errors.csv` is regenerated from it at the end of a
@@ -14,13 +14,12 @@ run. Readers of Parquet datasets (pyarrow, pandas, Ray, Spark) skip `_` and `.` 
 
 import contextlib
 import csv
-import glob
 import json
 import os
 import re
-import uuid
 
 from vit_hub.errors import OutputExistsError
+from vit_hub.files import atomic_path, remove_temporaries
 
 MODEL_KEY = b"vit_hub.model"
 ERRORS_KEY = b"vit_hub.errors"
@@ -87,9 +86,8 @@ class EmbedOutput:
         return done
 
     def remove_temporaries(self):
-        """Half-written shards of a run that was killed (hidden, never read)."""
-        for path in glob.glob(os.path.join(glob.escape(self.folder), ".part-*.tmp")):
-            os.remove(path)
+        """Half-written files of a run that was killed (hidden, never read)."""
+        remove_temporaries(self.folder)
 
     def write_errors_file(self):
         """`_errors.csv` from every finished shard's record; the number of errors."""
@@ -99,33 +97,21 @@ class EmbedOutput:
             if os.path.exists(target):
                 os.remove(target)
             return 0
-        temporary = os.path.join(self.folder, f".{ERRORS_FILE}.{uuid.uuid4().hex}.tmp")
-        with open(temporary, "w", newline="") as file:
+        with atomic_path(target) as temporary, open(temporary, "w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(["path", "reason"])
             writer.writerows(rows)
-        os.replace(temporary, target)
         return len(rows)
 
 
 def write_part(folder, index, table, model, errors):
-    """Writes one shard's rows whole or not at all (temporary file, fsync, rename)."""
+    """Writes one shard's rows whole or not at all."""
     import pyarrow.parquet as pq
 
     metadata = {**(table.schema.metadata or {}), MODEL_KEY: model.encode(),
                 ERRORS_KEY: json.dumps(errors).encode()}
-    table = table.replace_schema_metadata(metadata)
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{part_name(index)}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            pq.write_table(table, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, os.path.join(folder, part_name(index)))
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_path(os.path.join(folder, part_name(index))) as temporary:
+        pq.write_table(table.replace_schema_metadata(metadata), temporary)
 
 
 def _metadata(path):
