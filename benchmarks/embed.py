@@ -1,4 +1,5 @@
-"""vit-embed against a plain `model.predict` loop over the same image files.
+"""vit-embed (Keras and OpenVINO fp32 workers) against a plain `model.predict` loop over
+the same image files.
 
     python benchmarks/run.py embed --models vit_b32_fe --json out/embed.json
 
@@ -34,9 +35,13 @@ np.save(out, np.concatenate(outputs))
 CLI = r"""
 import sys
 {register}
-from vit_hub.embed.cli import main
+from vit_hub.{module}.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+# (key, workers, runtime) of each vit-embed command timed.
+EMBEDS = [("vit_embed_1_worker", 1, "keras"), ("vit_embed_2_workers", 2, "keras"),
+          ("vit_embed_openvino_1_worker", 1, "openvino"),
+          ("vit_embed_openvino_2_workers", 2, "openvino")]
 
 
 def write_images(folder, count):
@@ -65,35 +70,48 @@ def run(code, args, env):
 
 
 def bench_embed(name, cache, images_folder, register="", count=512, batch=32, repeats=2):
-    """Images/s of the predict loop and of vit-embed with 1 and 2 workers, and the
-    largest difference between vit-embed's rows and the loop's outputs. `register`: code
-    that registers `name` in the commands' processes (the smoke stand-ins)."""
-    import pyarrow.parquet as pq
-
+    """Images/s of the predict loop and of vit-embed with 1 and 2 workers, Keras and
+    OpenVINO fp32, and the largest difference between each runtime's rows and the loop's
+    outputs. `register`: code that registers `name` in the commands' processes (the
+    smoke stand-ins)."""
     folder = os.path.join(images_folder, str(count))
     paths = write_images(folder, count)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "VIT_HUB_OFFLINE": "1"}
-    seconds = {"predict_loop": [], "vit_embed_1_worker": [], "vit_embed_2_workers": []}
+    # The IR is built once, untimed, as a user would before going offline.
+    run(CLI.format(register=register, module="conversion"),
+        [name, "--cache-dir", cache, "--runtime", "openvino"], env)
+    seconds = {"predict_loop": [], **{key: [] for key, _, _ in EMBEDS}}
+    difference = {}
     with tempfile.TemporaryDirectory() as tmp:
         expected = os.path.join(tmp, "expected.npy")
         for round_ in range(repeats):  # alternating, so drift hits every contender alike
             seconds["predict_loop"].append(run(LOOP.format(register=register),
                                                [name, folder, cache, str(batch), expected], env)[0])
-            for workers, key in ((1, "vit_embed_1_worker"), (2, "vit_embed_2_workers")):
-                out = os.path.join(tmp, f"out-{workers}-{round_}")
-                seconds[key].append(run(CLI.format(register=register), [
+            for key, workers, runtime in EMBEDS:
+                out = os.path.join(tmp, f"{key}-{round_}")
+                seconds[key].append(run(CLI.format(register=register, module="embed"), [
                     name, folder, "--output", out, "--cache-dir", cache, "--offline",
-                    "--workers", str(workers), "--batch-size", str(batch)], env)[0])
-        table = pq.read_table(out)
-        index = {p: i for i, p in enumerate(table.column("path").to_pylist())}
-        column = "features" if "features" in table.column_names else "logits"
-        rows = np.stack(table.column(column).to_numpy(zero_copy_only=False))
-        difference = float(np.abs(rows[[index[p] for p in paths]] - np.load(expected)).max())
+                    "--workers", str(workers), "--batch-size", str(batch),
+                    "--runtime", runtime], env)[0])
+                found, rows = max_difference(out, paths, np.load(expected))
+                difference[runtime] = max(difference.get(runtime, 0.0), found)
     median = {k: statistics.median(v) for k, v in seconds.items()}
     return {
         "model": name, "images": count, "batch_size": batch, "seconds": seconds,
         "images_per_s": {k: count / v for k, v in median.items()},
         "overhead_vs_predict_loop": {k: v / median["predict_loop"] for k, v in median.items()},
-        "max_abs_diff_vs_predict": difference,
-        "rows": table.num_rows,
+        "max_abs_diff_vs_predict": difference["keras"],
+        "max_abs_diff_openvino_vs_predict": difference["openvino"],
+        "rows": rows,
     }
+
+
+def max_difference(out, paths, expected):
+    """(largest difference of vit-embed's rows in `out` to `expected`, rows)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    index = {p: i for i, p in enumerate(table.column("path").to_pylist())}
+    column = "features" if "features" in table.column_names else "logits"
+    rows = np.stack(table.column(column).to_numpy(zero_copy_only=False))
+    return float(np.abs(rows[[index[p] for p in paths]] - expected).max()), table.num_rows

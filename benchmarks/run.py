@@ -14,6 +14,10 @@ by `vit_hub.conversion.published_format` into out/bench/, and reused. Figures:
   bf16; `predict_on_batch`; XLA fp32; at the smallest batch also Keras int8 and the
   op-by-op eager path;
 - bf16 and int8 accuracy: the least cosine of their outputs to fp32's;
+- the OpenVINO runtime (`vit_hub.to_openvino` of the same native model) at fp32, int8
+  and, where the CPU computes in it, bf16, each with its measured accuracy; its first
+  prediction from a filled IR cache (fresh process, no TensorFlow); and ONNX Runtime
+  fp32 and dynamic int8 (measured only: offered where it beats OpenVINO);
 - per Keras backend (TensorFlow, JAX, PyTorch; fresh processes, same cache), for the
   first model named: load + first call, and images/s of `model(x)`, `predict_on_batch` and bf16 `model(x)` at each
   batch size;
@@ -23,6 +27,7 @@ by `vit_hub.conversion.published_format` into out/bench/, and reused. Figures:
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -40,9 +45,17 @@ WORK = os.path.join(REPO, "out", "bench")
 TARGETS = {"call_batch1_vs_hub": 1.0, "first_prediction_vs_hub": 0.5,
            "load_rss_vs_weights": 1.3, "bf16_large_batch_vs_hub_fp32": 1.8,
            "bf16_batch1_vs_own_fp32": 1.2, "bf16_cosine_to_fp32": 0.999,
-           "conversion_vs_io_floor": 3.0, "conversion_rss_vs_weights": 2.0}
+           "conversion_vs_io_floor": 3.0, "conversion_rss_vs_weights": 2.0,
+           # The OpenVINO runtime's, set on an AVX-512 + BF16 + VNNI machine; "batch32" and
+           # "batch1" are the largest and smallest batch measured.
+           "openvino_bf16_batch32_vs_hub": 1.9, "openvino_int8_batch32_vs_hub": 3.0,
+           "openvino_int8_batch1_vs_hub": 2.5, "openvino_first_prediction_vs_hub": 0.35,
+           "openvino_fp32_max_abs_vs_tolerance": 1.0}
 LOWER_IS_BETTER = {"first_prediction_vs_hub", "load_rss_vs_weights", "conversion_vs_io_floor",
-                   "conversion_rss_vs_weights"}
+                   "conversion_rss_vs_weights", "openvino_first_prediction_vs_hub",
+                   "openvino_fp32_max_abs_vs_tolerance"}
+# The /proc/cpuinfo flags that decide OpenVINO's bf16 and int8 speed.
+CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "amx_int8")
 FP32_NATIVE = ("native_call", "native_eager", "native_predict_on_batch", "native_xla")
 # Measured at the smallest batch only, to keep a two-model run under 20 minutes: Keras
 # int8 is several times slower than fp32 here, and the eager path is there to show what
@@ -214,6 +227,29 @@ elif task == "backend":  # KERAS_BACKEND is set by the parent
                     count += 1
                 rates.append(count * batch / elapsed)
             result[f"{{key}}_batch{{batch}}_images_per_s"] = sorted(rates)[len(rates) // 2]
+elif task == "openvino":  # from a filled IR cache: neither TensorFlow nor Keras
+    start = time.perf_counter()
+    import openvino, vit_hub  # imports excluded from the time, as above, but recorded
+    result["import_s"] = time.perf_counter() - start
+    x = np.zeros((1, size, size, 3), np.float32)
+    start = time.perf_counter()
+    fast = vit_hub.load_pretrained(name, cache_dir=cache, offline=True, runtime="openvino",
+                                   precision="fp32")
+    result["load_s"] = time.perf_counter() - start
+    fast(x)
+    result["seconds"] = time.perf_counter() - start
+    result["tensorflow_imported"] = "tensorflow" in sys.modules
+    result["keras_imported"] = "keras" in sys.modules
+elif task == "onnx":  # KERAS_BACKEND=torch: see onnxruntime_contenders
+    import keras, vit_hub
+    batches, folder = size  # this task gets (batch sizes, output folder) in the size slot
+    model = vit_hub.load_pretrained(name, cache_dir=cache, offline=True)
+    start = time.perf_counter()
+    for batch in batches:  # static shapes: the TorchScript exporter fails on a free batch
+        spec = keras.InputSpec(shape=(batch, *model.image_size, 3), dtype="float32")
+        model.export(os.path.join(folder, f"batch{{batch}}.onnx"), format="onnx", verbose=False,
+                     input_signature=[spec])
+    result["seconds"] = time.perf_counter() - start
 elif task == "convert":
     import tensorflow  # imported lazily by the conversion: excluded from its time, as above
     from vit_hub.conversion.pipeline import convert_into_cache
@@ -258,15 +294,29 @@ def io_floor(source, fsync=False):
 
 
 def first_prediction(name, source, cache, size, repeats, smoke):
-    native, hub = [], []
-    for _ in range(repeats):  # alternate, so that drifts hit both alike
+    import vit_hub
+
+    # The fp32 IR cached once, online (the weights are in the cache since the conversion:
+    # nothing is downloaded); a hit on later runs.
+    start = time.perf_counter()
+    vit_hub.load_pretrained(name, cache_dir=cache, offline=False, runtime="openvino",
+                            precision="fp32")
+    ir_fill = time.perf_counter() - start
+    native, hub, fast = [], [], []
+    for _ in range(repeats):  # alternate, so that drifts hit all alike
         native.append(child("native", name, source, cache, size, smoke))
         hub.append(child("hub", name, source, cache, size, smoke))
+        fast.append(child("openvino", name, source, cache, size, smoke))
     med = lambda rows, key: statistics.median(r[key] for r in rows)
     return {"native_s": med(native, "seconds"), "native_load_s": med(native, "load_s"),
             "native_load_rss_bytes": max(r["load_rss_bytes"] for r in native),
             "hub_s": med(hub, "seconds"), "hub_load_s": med(hub, "load_s"),
-            "ratio": med(native, "seconds") / med(hub, "seconds")}
+            "ratio": med(native, "seconds") / med(hub, "seconds"),
+            "openvino_s": med(fast, "seconds"), "openvino_load_s": med(fast, "load_s"),
+            "openvino_import_s": med(fast, "import_s"), "openvino_ir_fill_s": ir_fill,
+            "openvino_tensorflow_imported": any(r["tensorflow_imported"] for r in fast),
+            "openvino_keras_imported": any(r["keras_imported"] for r in fast),
+            "openvino_ratio": med(fast, "seconds") / med(hub, "seconds")}
 
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -331,18 +381,110 @@ def contenders(name, source, cache):
     }
 
 
-def cosines(functions, size):
-    """Per low-precision contender: the least cosine of its outputs to fp32's."""
+def cpu_flags():
+    """Which of CPU_FLAGS /proc/cpuinfo lists."""
+    flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo")
+                  if l.startswith("flags")), [])
+    return {flag: flag in flags for flag in CPU_FLAGS}
+
+
+def openvino_contenders(native):
+    """name -> `OpenVINOModel` built by `to_openvino` from the native fp32 model, at each
+    precision this CPU computes in, and a record of each: its measured accuracy (to the
+    Keras fp32 model on held-out photographs), or why it is absent."""
+    import vit_hub
+    from vit_hub.errors import AccuracyError
+    from vit_hub.runtime.convert import check_gate
+    from vit_hub.runtime.openvino_model import cpu_capabilities
+
+    info = {"capabilities": cpu_capabilities(), "cpu_flags": cpu_flags()}
+    models = {}
+    for precision in ("fp32", "int8", "bf16"):
+        key, start, note = f"openvino_{precision}", time.perf_counter(), None
+        if precision == "bf16" and "BF16" not in info["capabilities"]:
+            info[key] = (f"not available: this CPU offers {', '.join(info['capabilities'])} "
+                         "(no AVX512_BF16 or AMX), so to_openvino refuses bf16")
+            continue
+        try:
+            # Random weights are not what the bf16/int8 gate is set for: built ungated and
+            # the default gate applied after (what to_openvino would raise), so that a
+            # failing int8 is measured without quantizing twice.
+            fast = vit_hub.to_openvino(native, precision,
+                                       min_cosine=None if precision == "fp32" else 0)
+        except AccuracyError as err:  # fp32 off the Keras model: the trace is wrong
+            info[key] = f"failed: {err}"
+            continue
+        try:
+            check_gate(precision, dict(fast.accuracy), None, native.name)
+        except AccuracyError as err:
+            note = f"failed its accuracy gate ({err}); measured with min_cosine=0"
+        models[key] = fast
+        info[key] = {"build_s": time.perf_counter() - start, "gate_note": note,
+                     "accuracy": json.loads(json.dumps(fast.accuracy, default=float))}
+    return models, info
+
+
+def onnxruntime_contenders(name, source, cache, batches, smoke):
+    """ONNX Runtime fp32 and dynamic int8 (`quantize_dynamic`: int8 weights, activations
+    quantised per call), measured only. The ONNX file comes from Keras' own export on the
+    PyTorch backend (TorchScript exporter, needs only the `onnx` package; a child process,
+    from the same cache), not tf2onnx: that takes ~2.5 min and ~7 GB on ViT-B/32. Its
+    exports have a static batch, so one file per batch size."""
+    try:
+        import onnx  # noqa: F401  (the export and onnxruntime.quantization need it)
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as err:
+        return {}, {"onnxruntime": f"not measured: {err}; the ONNX export and "
+                    "onnxruntime.quantization need the onnx package (pip install onnx)"}
+    batches = sorted(set(batches) | {1})  # batch 1 serves any other size, image by image
+    sessions = {"onnxruntime_fp32": {}, "onnxruntime_int8": {}}
+    # The files (~0.5 GB per batch size for ViT-B) are gone once the sessions hold them.
+    with tempfile.TemporaryDirectory(dir=WORK) as folder:
+        try:
+            exported = child("onnx", name, source, cache, (batches, folder), smoke, "torch")
+        except RuntimeError as err:
+            return {}, {"onnxruntime": f"not measured: the ONNX export failed: "
+                        f"{str(err).splitlines()[-1]}"}
+        start = time.perf_counter()
+        for batch in batches:
+            path = os.path.join(folder, f"batch{batch}.onnx")
+            quantized = path.replace(".onnx", "-int8.onnx")
+            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
+            for key, file in (("onnxruntime_fp32", path), ("onnxruntime_int8", quantized)):
+                sessions[key][batch] = ort.InferenceSession(
+                    file, providers=["CPUExecutionProvider"])
+    info = {"onnxruntime": ort.__version__, "export_s": exported["seconds"],
+            "quantize_s": time.perf_counter() - start,
+            "route": "Keras export (PyTorch backend, TorchScript) + quantize_dynamic"}
+    return {key: functools.partial(run_onnx, s) for key, s in sessions.items()}, info
+
+
+def run_onnx(sessions, x):
+    """The session exported at x's batch size; other sizes one image at a time."""
+    import numpy as np
+
+    if len(x) not in sessions:
+        return np.concatenate([run_onnx(sessions, x[i:i + 1]) for i in range(len(x))])
+    session = sessions[len(x)]
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def agreement(functions, size):
+    """Per low-precision or other-runtime contender: the least cosine of its outputs to
+    fp32 `model(x)`'s, and their largest absolute difference."""
     import numpy as np
 
     x = np.random.default_rng(1).uniform(-1, 1, (8, size, size, 3)).astype(np.float32)
     reference = np.asarray(functions["native_call"](x), np.float64)
-    out = {}
-    for key in ("native_bf16_call", "native_int8_call"):
+    cosine, max_abs = {}, {}
+    for key in ("native_bf16_call", "native_int8_call",
+                *(k for k in functions if k.startswith(("openvino_", "onnxruntime_")))):
         y = np.asarray(functions[key](x), np.float64)
-        out[key] = float(((y * reference).sum(-1) / np.linalg.norm(y, axis=-1)
-                          / np.linalg.norm(reference, axis=-1)).min())
-    return out
+        cosine[key] = float(((y * reference).sum(-1) / np.linalg.norm(y, axis=-1)
+                             / np.linalg.norm(reference, axis=-1)).min())
+        max_abs[key] = float(np.abs(y - reference).max())
+    return cosine, max_abs
 
 
 def throughput(functions, size, batch, repeats, min_seconds=1.0):
@@ -391,7 +533,11 @@ def bench_model(name, args, host):
     if name == args.backends_model:  # one model: ~1 min for B/32, ~7 for B/16
         result["backends"] = backends(name, source, cache, args.batch, smoke)
     functions = contenders(name, source, cache)
-    result["cosine_to_fp32"] = cosines(functions, size)
+    fast, result["openvino"] = openvino_contenders(functions["native_call"])
+    ort, result["onnxruntime"] = onnxruntime_contenders(name, source, cache, args.batch, smoke)
+    functions.update(fast)
+    functions.update(ort)
+    result["cosine_to_fp32"], result["max_abs_to_fp32"] = agreement(functions, size)
     flops = flops_per_image(arch)
     result["flops_per_image"] = flops
     result["tokens"] = (size // arch.patch_size) ** 2 + 1  # with the class token
@@ -413,6 +559,7 @@ def bench_model(name, args, host):
             "roofline_pct_bf16": 100 * best_bf16 * flops / 1e9 / host["matmul_gflops_bf16"],
         }
     result["targets"] = verdicts(result)
+    result["onnxruntime_vs_openvino"] = runtime_choice(result)
     return result
 
 
@@ -430,12 +577,50 @@ def verdicts(result):
         "bf16_cosine_to_fp32": result["cosine_to_fp32"]["native_bf16_call"],
         "conversion_vs_io_floor": c["ratio_to_floor"],
         "conversion_rss_vs_weights": c["rss_to_weights"],
+        # None where the contender is absent (bf16 on a CPU without it): missed, and why.
+        "openvino_bf16_batch32_vs_hub": large["vs_hub"].get("openvino_bf16"),
+        "openvino_int8_batch32_vs_hub": large["vs_hub"].get("openvino_int8"),
+        "openvino_int8_batch1_vs_hub": small["vs_hub"].get("openvino_int8"),
+        "openvino_first_prediction_vs_hub": f["openvino_ratio"],
+        "openvino_fp32_max_abs_vs_tolerance": (
+            fp32["accuracy"]["max_abs"] / fp32["accuracy"]["tolerance"]
+            if isinstance(fp32 := result["openvino"]["openvino_fp32"], dict) else None),
     }
     why = reasons(result)
-    return {key: {"measured": round(value, 4), "target": TARGETS[key],
-                  "met": value <= TARGETS[key] if key in LOWER_IS_BETTER else value >= TARGETS[key],
-                  "why": why[key]}
+    met = lambda key, value: value is not None and (
+        value <= TARGETS[key] if key in LOWER_IS_BETTER else value >= TARGETS[key])
+    return {key: {"measured": None if value is None else round(value, 4),
+                  "target": TARGETS[key], "met": met(key, value), "why": why[key]}
             for key, value in measured.items()}
+
+
+def runtime_choice(result):
+    """ONNX Runtime is offered to users only where it beats OpenVINO: per batch, the
+    fastest of each (and fp32 to fp32, int8 to int8), and which is faster."""
+    if "export_s" not in result["onnxruntime"]:  # not measured: it says why
+        return {"offer_onnxruntime": False, "verdict": result["onnxruntime"]["onnxruntime"]}
+    rows = {}
+    for batch, t in result["throughput"].items():
+        rates = t["images_per_s"]
+        best = lambda prefix: max((k for k in rates if k.startswith(prefix)), key=rates.get,
+                                  default=None)
+        ort, ov = best("onnxruntime_"), best("openvino_")
+        if ort is None or ov is None:  # (OpenVINO fp32 failed its gate: its record says why)
+            continue
+        rows[batch] = {"fastest_onnxruntime": ort, "fastest_openvino": ov,
+                       "ratio": rates[ort] / rates[ov],
+                       "faster": "onnxruntime" if rates[ort] > rates[ov] else "openvino",
+                       **{p: rates[f"onnxruntime_{p}"] / rates[f"openvino_{p}"]
+                          for p in ("fp32", "int8") if f"openvino_{p}" in rates}}
+    cos = result["cosine_to_fp32"]
+    verdict = "; ".join(
+        f"batch {b}: {r['faster']} is faster ({r['fastest_onnxruntime']} at {r['ratio']:.2f}x "
+        f"{r['fastest_openvino']}; ONNX Runtime/OpenVINO fp32 {r.get('fp32', 0):.2f}x, int8 "
+        f"{r.get('int8', 0):.2f}x)" for b, r in rows.items())
+    verdict += (f"; int8 cosine to fp32: onnxruntime {cos['onnxruntime_int8']:.5f}, openvino "
+                f"{cos.get('openvino_int8', float('nan')):.5f}")
+    return {"by_batch": rows, "verdict": verdict,
+            "offer_onnxruntime": any(r["faster"] == "onnxruntime" for r in rows.values())}
 
 
 def reasons(result):
@@ -480,6 +665,49 @@ def reasons(result):
         f"taken by importing TensorFlow before any tensor is read "
         f"({c['rss_after_imports_bytes'] / c['weights_bytes']:.2f}x the weights); the "
         "conversion streams one tensor at a time on top of that",
+        **openvino_reasons(result, rate),
+    }
+
+
+def openvino_reasons(result, rate):
+    """The OpenVINO targets' measured why: the CPU's capabilities and flags, and the
+    OpenVINO fp32 rate, the ceiling reference for bf16 and int8 here."""
+    ov, f, per_batch = result["openvino"], result["first_prediction"], result["throughput"]
+    flags = lambda names: ", ".join(f"{n} {'yes' if ov['cpu_flags'][n] else 'no'}" for n in names)
+    cpu = f"CPU plugin capabilities {ov['capabilities']}"
+    ceiling = (f"OpenVINO fp32 (the ceiling reference) {rate('openvino_fp32')}; "
+               f"hub {rate('hub_layer')}")
+    vs_fp32 = lambda key: ", ".join(
+        f"{t['images_per_s'][key] / t['images_per_s']['openvino_fp32']:.2f}x (batch {b})"
+        for b, t in per_batch.items() if {key, "openvino_fp32"} <= set(t["images_per_s"]))
+    def built(key):  # its rates and accuracy, or why it is absent
+        entry = ov[key]
+        if isinstance(entry, str):
+            return entry
+        acc = entry["accuracy"]
+        note = f" ({entry['gate_note']})" if entry["gate_note"] else ""
+        return (f"{rate(key)} img/s = {vs_fp32(key)} OpenVINO fp32, cosine min "
+                f"{acc['cosine_min']:.5f}{note}")
+    fp32 = ov["openvino_fp32"]
+    exact = fp32 if isinstance(fp32, str) else (
+        f"max abs {fp32['accuracy']['max_abs']:.2e} against the gate "
+        f"{fp32['accuracy']['tolerance']:.1e} (1e-4 x the output scale "
+        f"{fp32['accuracy']['scale']:.2f}); cosine min {fp32['accuracy']['cosine_min']:.6f}, "
+        f"top-1 agreement {fp32['accuracy']['top1_agreement']}")
+    int8 = (f"int8 (NNCF): {built('openvino_int8')}; {cpu}; /proc/cpuinfo: "
+            f"{flags(('avx512_vnni', 'avx_vnni', 'amx_int8'))} (without VNNI an int8 "
+            f"multiply-add takes several instructions); {ceiling}")
+    return {
+        "openvino_bf16_batch32_vs_hub": f"bf16: {built('openvino_bf16')}; {cpu}; /proc/cpuinfo: "
+        f"{flags(('avx512f', 'avx512_bf16', 'amx_bf16'))}; {ceiling}",
+        "openvino_int8_batch32_vs_hub": int8,
+        "openvino_int8_batch1_vs_hub": int8,
+        "openvino_first_prediction_vs_hub": f"OpenVINO from its IR cache: read + compile "
+        f"{f['openvino_load_s']:.2f} s + first call {f['openvino_s'] - f['openvino_load_s']:.2f} s "
+        f"(imports {f['openvino_import_s']:.2f} s excluded; TensorFlow imported: "
+        f"{f['openvino_tensorflow_imported']}, Keras: {f['openvino_keras_imported']}); hub load "
+        f"{f['hub_load_s']:.2f} s + first call {f['hub_s'] - f['hub_load_s']:.2f} s",
+        "openvino_fp32_max_abs_vs_tolerance": exact,
     }
 
 
@@ -492,11 +720,28 @@ def print_model(result):
           f"x{c['rss_to_weights']:.2f} the weights")
     print(f"  first prediction: native {f['native_s']:.2f} s, hub layer {f['hub_s']:.2f} s "
           f"(x{f['ratio']:.2f}); load peak RSS {f['native_load_rss_bytes'] / 2**20:.0f} MiB")
+    print(f"  first prediction: OpenVINO from its IR cache {f['openvino_s']:.2f} s "
+          f"(x{f['openvino_ratio']:.2f} the hub layer's; TensorFlow imported: "
+          f"{f['openvino_tensorflow_imported']}, Keras: {f['openvino_keras_imported']})")
     print("  cosine to fp32: " + ", ".join(f"{k} {v:.5f}" for k, v in result["cosine_to_fp32"].items()))
+    ov = result["openvino"]
+    print(f"  OpenVINO: capabilities {ov['capabilities']}; /proc/cpuinfo: "
+          + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in ov["cpu_flags"].items()))
+    for key, entry in ov.items():
+        if key.startswith("openvino_"):  # accuracy against the Keras fp32 model, or why absent
+            print(f"  {key}: " + (entry if isinstance(entry, str) else
+                  f"built {entry['build_s']:.1f} s; " + accuracy_line(key, entry)))
+    ort = result["onnxruntime"]
+    print("  onnxruntime: " + (ort["onnxruntime"] if "export_s" not in ort else
+          f"{ort['onnxruntime']}, export {ort['export_s']:.1f} s, "
+          f"quantize {ort['quantize_s']:.1f} s")
+          + f"; {result['onnxruntime_vs_openvino']['verdict']}")
     for batch, t in result["throughput"].items():
         row = ", ".join(f"{k} {v:.1f}" for k, v in t["images_per_s"].items())
         print(f"  batch {batch} images/s: {row}; roofline fp32 {t['roofline_pct_fp32']:.0f}%, "
               f"bf16 {t['roofline_pct_bf16']:.0f}%")
+        print(f"  batch {batch} vs hub: " + ", ".join(
+            f"{k} x{v:.2f}" for k, v in t["vs_hub"].items() if k.startswith(("openvino", "onnx"))))
     for backend, b in result.get("backends", {}).items():
         if "error" in b:
             print(f"  {backend}: {b['error']}")
@@ -507,6 +752,14 @@ def print_model(result):
     for key, v in result["targets"].items():
         print(f"  target {key}: {v['measured']} (target {v['target']}) "
               f"{'met' if v['met'] else 'MISSED: ' + v['why']}")
+
+
+def accuracy_line(key, entry):
+    """An OpenVINO contender's accuracy record as its `summary()` says it."""
+    from vit_hub.runtime.openvino_model import describe_accuracy
+
+    note = f" ({entry['gate_note']})" if entry["gate_note"] else ""
+    return describe_accuracy(key.split("_")[1], entry["accuracy"]) + note
 
 
 def chart(results, path):

@@ -1,6 +1,6 @@
-"""One converted cache, every Keras backend: what a cache hit does on TensorFlow, JAX and
-PyTorch, each in a fresh process as a user runs it, compared output for output, and what
-it imports.
+"""One converted cache, every Keras backend: what a cache hit does on TensorFlow, JAX,
+PyTorch and OpenVINO, each in a fresh process as a user runs it, compared output for
+output, and what it imports.
 
 Conversion stays on TensorFlow (it reads TF SavedModels); everything after it must not
 need TensorFlow. Runs in the TensorFlow leg only: it starts the other backends itself.
@@ -17,13 +17,14 @@ import pytest
 from tests.conftest import TINY_IMAGE, TINY_NAME, TINY_HYBRID_IMAGE, tiny_hub_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BACKENDS = ("tensorflow", "jax", "torch")
+BACKENDS = ("tensorflow", "jax", "torch", "openvino")
+OTHERS = BACKENDS[1:]
 HYBRID = "vit_r14_tiny32_classification"
 # What a cache hit must never load, off TensorFlow.
 HEAVY = ("tensorflow", "tensorflow_hub", "tf_keras", "kagglehub")
-# float32 on three kernel libraries (oneDNN, XLA, ATen): different summation orders give
-# differences of a few float32 ulps of the outputs' magnitude (measured up to ~3e-6 on
-# full-size ViT-B/32), so 1e-5 is tight yet never flaky.
+# float32 on four kernel libraries (oneDNN, XLA, ATen, OpenVINO's CPU plugin): different
+# summation orders give differences of a few float32 ulps of the outputs' magnitude
+# (measured up to ~3e-6 on full-size ViT-B/32), so 1e-5 is tight yet never flaky.
 TOLERANCE = 1e-5
 
 # Everything a user does after the cache is filled: load (at the trained size and another),
@@ -93,13 +94,13 @@ def runs(tmp_path_factory, tiny_saved_model):
     return {backend: run_child(backend, cache, tmp, png) for backend in BACKENDS}
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", OTHERS)
 def test_a_cache_hit_never_imports_tensorflow(runs, backend):
     report, _, _ = runs[backend]
     assert report["loaded"] == []
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", OTHERS)
 def test_every_backend_computes_what_tensorflow_computes(runs, backend):
     _, reference, reference_png = runs["tensorflow"]
     _, results, png = runs[backend]

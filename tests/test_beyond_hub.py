@@ -9,12 +9,12 @@ import pytest
 import keras
 import vit_hub
 from vit_hub.conversion.name_map import assign_linen
-from tests.conftest import TINY, TINY_IMAGE, numpy
+from tests.conftest import TINY, TINY_IMAGE, needs_training, numpy
 from tests.numpy_reference import vit_forward
 from tests.test_model import tiny_model, tiny_params
 from vit_hub.weights import flatten, resample_position_embeddings, save_weights_file
 
-pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX and PyTorch
+pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO
 
 
 @pytest.fixture
@@ -186,6 +186,7 @@ def test_new_head_for_fine_tuning(tiny_weights, images):
     assert tokens.output_shape == (None, (TINY_IMAGE // TINY["patch_size"]) ** 2 + 1, TINY["hidden_dim"])
 
 
+@needs_training
 def test_pretrained_backbone_inside_a_keras3_model(tiny_weights, images):
     """The tutorial flow that needs hub.KerasLayer + tf_keras today, natively."""
     backbone = vit_hub.load_weights(tiny_weights["fe"])

@@ -203,7 +203,7 @@ def run_python(code, **env):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}, timeout=300)
 
 
-HEAVY = "sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch', 'kagglehub') if m in sys.modules)"
+HEAVY = "sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch', 'openvino', 'nncf', 'kagglehub') if m in sys.modules)"
 HEAVY_OR_RAY = HEAVY.replace("'kagglehub')", "'kagglehub', 'ray', 'pyarrow')")
 
 

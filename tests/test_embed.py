@@ -4,6 +4,7 @@ written exactly once, and bad input is refused before any work. Runs in the Tens
 leg; its Ray workers use the backend of the process that starts them."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from tests.conftest import TINY_CLASSIFICATION, TINY_IMAGE, TINY_NAME, tiny_hub_config
 from vit_hub.errors import (
+    AccuracyError,
     CacheError,
     EmbedError,
     ImageError,
@@ -286,13 +288,103 @@ def test_a_shard_whose_worker_keeps_dying_stops_the_job_and_a_rerun_resumes(
     assert table.num_rows == 18 and sorted(index) == sorted([*paths, str(pipe)])
 
 
+def vectors(folder):
+    """{path: row} of a dataset's features (or logits)."""
+    index, table = rows(folder)
+    column = table.column("features" if "features" in table.column_names else "logits")
+    values = np.stack(column.to_numpy(zero_copy_only=False))
+    return {path: values[i] for path, i in index.items()}
+
+
+def computed_by(folder):
+    """(runtime, precision, accuracy record) of each Parquet file of `folder`."""
+    found = set()
+    for part in sorted(folder.glob("part-*.parquet")):
+        metadata = pq.read_schema(part).metadata
+        found.add((metadata[b"vit_hub.runtime"].decode(),
+                   metadata[b"vit_hub.precision"].decode(),
+                   json.dumps(json.loads(metadata[b"vit_hub.accuracy"]), sort_keys=True)))
+    return found
+
+
+def test_openvino_rows_equal_the_keras_rows_and_record_the_runtime(cache, photos, tmp_path):
+    """offline=False: the IR is built in the driver from the cached weights (nothing to
+    download); the workers load it from the cache."""
+    import vit_hub
+
+    kwargs = dict(workers=2, batch_size=4, shard_size=5, cache_dir=cache, progress=False)
+    vit_hub.embed_images(TINY_NAME, photos, tmp_path / "keras", offline=True, **kwargs)
+    summary = vit_hub.embed_images(TINY_NAME, photos, tmp_path / "ov", runtime="openvino",
+                                   offline=False, **kwargs)
+    assert (summary.images, summary.errors) == (17, 2)
+    keras_rows, ov_rows = vectors(tmp_path / "keras"), vectors(tmp_path / "ov")
+    assert sorted(ov_rows) == sorted(keras_rows) == readable(photos)
+    difference = max(np.abs(ov_rows[p] - keras_rows[p]).max() for p in keras_rows)
+    assert difference <= TOLERANCE, difference
+    assert computed_by(tmp_path / "keras") == {("keras", "fp32", "null")}
+    [(runtime, precision, accuracy)] = computed_by(tmp_path / "ov")  # one record, each file
+    fast = vit_hub.load_pretrained(TINY_NAME, cache_dir=cache, runtime="openvino",
+                                   offline=True)
+    assert (runtime, precision) == ("openvino", "fp32")
+    assert json.loads(accuracy) == json.loads(json.dumps(fast.accuracy))
+    assert json.loads(accuracy)["max_abs"] <= TOLERANCE
+    # A resume with another runtime would mix rows of two models: refused, naming both.
+    before = sorted(p.name for p in (tmp_path / "ov").iterdir())
+    with pytest.raises(OutputExistsError, match="computed by openvino fp32 .*not by keras "
+                       "fp32: resume it with --runtime openvino --precision fp32"):
+        vit_hub.embed_images(TINY_NAME, photos, tmp_path / "ov", offline=True, **kwargs)
+    with pytest.raises(OutputExistsError, match="computed by keras fp32 .*not by openvino "
+                       "fp32: resume it with --runtime keras, or"):
+        vit_hub.embed_images(TINY_NAME, photos, tmp_path / "keras", runtime="openvino",
+                             offline=True, **kwargs)
+    assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == before
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_is_refused_before_any_work_or_recorded(cache, photos, tmp_path,
+                                                                  precision):
+    """bf16 needs a CPU with bf16 instructions; the tiny random-weight model's int8 misses
+    the default gate (cosine 0.99) and passes a looser one."""
+    import vit_hub
+    from vit_hub.runtime.openvino_model import cpu_capabilities
+
+    kwargs = dict(runtime="openvino", precision=precision, shard_size=5, cache_dir=cache,
+                  offline=False, progress=False)
+    out = tmp_path / "out"
+    if precision == "bf16" and "BF16" not in cpu_capabilities():
+        with pytest.raises(vit_hub.ConfigError, match="needs a CPU with bf16 instructions"):
+            vit_hub.embed_images(TINY_NAME, photos, out, **kwargs)
+        assert not out.exists()
+        return
+    if precision == "int8":
+        with pytest.raises(AccuracyError, match="gate 0.99"):
+            vit_hub.embed_images(TINY_NAME, photos, out, **kwargs)
+        assert not out.exists()
+        kwargs["min_cosine"] = 0.5
+    vit_hub.embed_images(TINY_NAME, photos, out, **kwargs)
+    [(runtime, found, accuracy)] = computed_by(out)
+    assert (runtime, found) == ("openvino", precision)
+    reduced, exact = vectors(out), expected_outputs(cache, TINY_NAME, readable(photos))
+    cosines = [np.dot(reduced[p], e) / np.linalg.norm(reduced[p]) / np.linalg.norm(e)
+               for p, e in zip(readable(photos), exact)]
+    # On these photos as on the held-out ones the gate was measured on (some slack).
+    assert min(cosines) >= json.loads(accuracy)["gate_cosine_min"] - 1e-3
+    with pytest.raises(OutputExistsError, match=f"computed by openvino {precision} .*not by "
+                       "openvino fp32"):
+        vit_hub.embed_images(TINY_NAME, photos, out, runtime="openvino", cache_dir=cache,
+                             offline=False, progress=False)
+
+
 @pytest.mark.parametrize("case", ["offline_not_cached", "empty_source", "missing_source",
                                   "other_models_rows", "output_is_a_file", "bad_batch",
-                                  "output_in_use", "bad_retries", "address_elsewhere"])
+                                  "output_in_use", "bad_retries", "address_elsewhere",
+                                  "precision_without_openvino", "unknown_precision",
+                                  "unknown_runtime", "offline_ir_not_cached"])
 def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
     import vit_hub
 
     out, source, kwargs = tmp_path / "out", photos, dict(cache_dir=cache, offline=True)
+    model = TINY_NAME
     error, words = {
         "offline_not_cached": (CacheError, "is not in the vit_hub cache"),
         "empty_source": (ImageError, "No image files in the folder"),
@@ -303,6 +395,11 @@ def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
         "output_in_use": (OutputExistsError, "being written by another vit-embed run"),
         "bad_retries": (vit_hub.ConfigError, "retries must be a whole number >= 0"),
         "address_elsewhere": (vit_hub.ConfigError, "already connected to the Ray cluster"),
+        "precision_without_openvino": (vit_hub.ConfigError, "add runtime='openvino'"),
+        "unknown_precision": (vit_hub.ConfigError, "precision 'fp16' is not one of"),
+        "unknown_runtime": (vit_hub.ConfigError, "runtime 'onnx' is not one of"),
+        "offline_ir_not_cached": (CacheError, "convert-weights vit_tiny8_classification "
+                                              "--runtime openvino --precision fp32"),
     }[case]
     if case == "offline_not_cached":
         kwargs["cache_dir"] = tmp_path / "empty-cache"
@@ -321,6 +418,14 @@ def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
         kwargs["batch_size"] = 0
     elif case == "bad_retries":
         kwargs["retries"] = -1
+    elif case == "precision_without_openvino":
+        kwargs["precision"] = "int8"
+    elif case == "unknown_precision":
+        kwargs.update(runtime="openvino", precision="fp16")
+    elif case == "unknown_runtime":
+        kwargs["runtime"] = "onnx"
+    elif case == "offline_ir_not_cached":  # no test builds the classification model's IR
+        model, kwargs["runtime"] = TINY_CLASSIFICATION, "openvino"
     elif case == "address_elsewhere":  # the module's Ray runs: another cluster can't join
         kwargs["address"] = "10.0.0.1:6379"
     elif case == "output_in_use":  # another run holds OUT
@@ -331,7 +436,7 @@ def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
         held.acquire()
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     with pytest.raises(error, match=words):
-        vit_hub.embed_images(TINY_NAME, source, out, progress=False, **kwargs)
+        vit_hub.embed_images(model, source, out, progress=False, **kwargs)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
 
 
@@ -353,3 +458,8 @@ def test_the_cli_embeds_and_says_what_it_did(cache, photos, tmp_path):
                              timeout=300)
     assert refused.returncode == 2 and "vit-embed: " in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "o2").exists()
+    usage = subprocess.run([*command, TINY_NAME, str(photos), "--output", str(tmp_path / "o3"),
+                            "--precision", "int8"], env=env, cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert usage.returncode == 2 and not (tmp_path / "o3").exists()
+    assert "--precision int8 is the OpenVINO runtime's: add --runtime openvino" in usage.stderr

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 import vit_hub
-from tests.conftest import BACKEND, TINY_HYBRID, TINY_HYBRID_IMAGE
+from tests.conftest import BACKEND, TINY_HYBRID, TINY_HYBRID_IMAGE, needs_training
 from vit_hub.conversion import published_format
 from vit_hub.conversion.parity import TOLERANCE, hub_outputs, parity_inputs
 from vit_hub.conversion.pipeline import convert_into_cache
 from vit_hub.errors import ExportError
 
-pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX and PyTorch
+pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO
 
 FE, CLASSIFICATION = "vit_r14_tiny32_fe", "vit_r14_tiny32_classification"
 
@@ -60,6 +60,7 @@ def test_another_image_size_resamples_to_the_stems_grid(hybrid_cache):
     assert model.predict(np.zeros((1, 96, 128, 3), np.float32), verbose=0).shape == (1, 32)
 
 
+@needs_training
 def test_new_heads_and_fine_tuning(hybrid_cache):
     cache, _ = hybrid_cache
     x = parity_inputs(TINY_HYBRID_IMAGE, batch=4)

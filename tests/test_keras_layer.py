@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 import vit_hub
-from tests.conftest import (BACKEND, TINY_CLASSIFICATION, TINY_IMAGE, TINY_NAME, numpy,
-                            tensorflow_only, tiny_hub_config)
+from tests.conftest import (BACKEND, TINY_CLASSIFICATION, TINY_IMAGE, TINY_NAME,
+                            needs_training, numpy, tensorflow_only, tiny_hub_config)
 from vit_hub.conversion import published_format
 from vit_hub.conversion.parity import TOLERANCE, hub_outputs, parity_inputs
 from vit_hub.conversion.pipeline import convert_into_cache
 
-pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX and PyTorch
+pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO
 
 SEED_URL = ("https://www.kaggle.com/models/spsayakpaul/vision-transformer/TensorFlow2/"
             "vit-b8-classification/1")
@@ -136,6 +136,7 @@ def test_hub_arguments_that_mean_something_else_are_refused(cache, kwargs, text)
         vit_hub.KerasLayer(TINY_NAME, **kwargs)
 
 
+@needs_training
 def test_in_a_functional_model_with_a_new_head(cache, tmp_path):
     inputs = keras.Input((TINY_IMAGE, TINY_IMAGE, 3))
     features = vit_hub.KerasLayer(TINY_NAME)(inputs)

@@ -8,10 +8,10 @@ import keras
 import vit_hub
 from vit_hub.conversion.name_map import assign_linen
 from vit_hub.weights import WeightsError
-from tests.conftest import TINY, TINY_IMAGE, numpy
+from tests.conftest import BACKEND, TINY, TINY_IMAGE, needs_training, numpy
 from tests.numpy_reference import random_params, vit_forward
 
-pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX and PyTorch
+pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO
 
 # float32 against a float64 reference: accumulated rounding over 2 blocks of width 32 is
 # ~1e-6; 1e-5 leaves room, while any wrong equation (exact GELU, epsilon 1e-5, missing
@@ -108,7 +108,8 @@ def test_variable_batch_size_and_jit(images):
     for batch in (1, 3):
         np.testing.assert_allclose(numpy(model(images[:batch])), eager[:batch], atol=1e-6)
     model.compile(jit_compile=True)
-    assert model.jit_compile
+    # On openvino the model declines jit (see `supports_jit` in vit_hub/model.py).
+    assert model.jit_compile == (BACKEND != "openvino")
     np.testing.assert_allclose(model.predict(images, batch_size=2, verbose=0), eager, atol=1e-5)
 
 
@@ -140,7 +141,7 @@ def test_plain_calls_run_compiled_and_compute_the_same(images, monkeypatch):
     monkeypatch.setattr(TransformerBlock, "call",
                         lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     np.testing.assert_allclose(numpy(model(images)), compiled, atol=1e-6)
-    compiled_path = keras.backend.backend() in ("tensorflow", "jax")  # PyTorch: eager
+    compiled_path = BACKEND in ("tensorflow", "jax", "openvino")  # PyTorch: eager
     assert (calls == []) == compiled_path  # a compiled call runs no Python layer code
     model(images, training=True)  # training: the plain path, always
     assert len(calls) == (TINY["num_layers"] if compiled_path else 2 * TINY["num_layers"])
@@ -171,6 +172,53 @@ def test_compiled_calls_see_new_weights_and_give_gradients(images):
                 loss = tf.reduce_sum(model(x) ** 2)
             grads.append(tape.gradient(loss, x).numpy())
         np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)  # float32 ulps
+
+
+openvino_only = pytest.mark.skipif(BACKEND != "openvino", reason="about Keras' openvino backend")
+
+
+@openvino_only
+def test_openvino_inference_is_exact_float32(images, monkeypatch):
+    """model(x), predict, predict_on_batch and evaluate, also of a model around it, all
+    run the OpenVINO model that vit_hub compiles with INFERENCE_PRECISION_HINT f32, never
+    Keras' own unpinned one (bf16 on CPUs that have it, 5e-2 off): equal to the float64
+    reference within 1e-5."""
+    import openvino as ov
+
+    params = tiny_params(num_classes=5)
+    model = tiny_model(include_top=True, num_classes=5)
+    assign_linen(model, flat(params))
+    _, _, expected, _ = vit_forward(params, images, TINY["patch_size"])
+    configs, compile_model = [], ov.compile_model
+
+    def recorded(graph, device, config=None):  # Keras' own compile passes no config
+        configs.append(config)
+        return compile_model(graph, device, config or {})
+
+    monkeypatch.setattr(ov, "compile_model", recorded)
+    for out in (numpy(model(images)), model.predict(images, batch_size=2, verbose=0),
+                model.predict_on_batch(images)):
+        np.testing.assert_allclose(out, expected, atol=ATOL, rtol=0)
+    model.compile(loss="mse")
+    assert model.evaluate(images, expected, verbose=0) < ATOL ** 2
+    inputs = keras.Input(images.shape[1:])
+    outer = keras.Model(inputs, model(inputs))  # as a layer: called with mask=None
+    np.testing.assert_allclose(outer.predict(images, verbose=0), expected, atol=ATOL, rtol=0)
+    # Compiled once, pinned; where the CPU has no bf16 f32 is its default too, hence
+    # the config check besides the compiled model's own answer.
+    assert configs == [{"INFERENCE_PRECISION_HINT": "f32"}]
+    compiled = model._inference.function.compiled[images.shape[1:]]
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    for keras_model in (model, outer):  # Keras' own compiled model was never built
+        assert getattr(keras_model, "ov_compiled_model", None) is None
+
+
+@openvino_only
+def test_fit_on_openvino_raises_keras_not_implemented_error(images):
+    model = tiny_model(include_top=True, num_classes=2)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(NotImplementedError, match="`fit` is not supported with openvino"):
+        model.fit(images, np.array([0, 1, 0]), verbose=0)
 
 
 @pytest.mark.parametrize("size,text", [(30, "multiple of the patch size 8"),
@@ -247,6 +295,7 @@ def stripes(n, seed=0):
     return np.clip(images[..., None] + noise, -1, 1).astype(np.float32), labels
 
 
+@needs_training
 def test_fit_lowers_the_loss():
     keras.utils.set_random_seed(0)
     x, y = stripes(256)
@@ -260,6 +309,7 @@ def test_fit_lowers_the_loss():
     assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.9
 
 
+@needs_training
 def test_frozen_backbone_keeps_its_weights():
     keras.utils.set_random_seed(0)
     backbone = tiny_model(include_top=False, pooling="token")

@@ -19,7 +19,7 @@ from vit_hub import resnet_stem as rs
 from vit_hub.architecture import Architecture
 from vit_hub.conversion.name_map import is_group_norm, linen_shapes, stem_names
 
-pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX and PyTorch
+pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO
 
 TOL64 = 1e-10
 F32_RTOL = 5e-5

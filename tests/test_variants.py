@@ -5,7 +5,7 @@ import pytest
 import vit_hub
 from vit_hub.layers import weights_to_be_loaded
 
-pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX and PyTorch
+pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO
 
 # Parameter counts of the reference implementations (google-research / timm), at 224,
 # with a 1000-class head / without head.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from vit_hub.architecture import Architecture, list_variants, register_variant, variant_config
 from vit_hub.catalogue import ModelEntry, get_entry, list_models, register_model
 from vit_hub.errors import (
+    AccuracyError,
     CacheError,
     CatalogueError,
     ConfigError,
@@ -65,11 +66,15 @@ _LAZY = {
     "KerasLayer": "vit_hub.keras_layer",
     "layout_map": "vit_hub.distribution",
     "embed_images": "vit_hub.embed",
+    "to_openvino": "vit_hub.runtime",
+    "load_openvino": "vit_hub.runtime",
+    "OpenVINOModel": "vit_hub.runtime",
 }
 
 if TYPE_CHECKING:  # what IDEs and static checkers see; at run time see __getattr__
     from vit_hub.distribution import layout_map
     from vit_hub.embed import embed_images
+    from vit_hub.runtime import OpenVINOModel, load_openvino, to_openvino
     from vit_hub.keras_layer import KerasLayer
     from vit_hub.attention import (
         attention_maps,
@@ -124,6 +129,7 @@ __all__ = [
     "ParityError",
     "CacheError",
     "DownloadError",
+    "AccuracyError",
     *_LAZY,
 ]
 

@@ -11,7 +11,7 @@ import difflib
 import numbers
 import re
 
-from vit_hub.errors import ConfigError
+from vit_hub.errors import ArgumentError, ConfigError
 
 _NAME = re.compile(r"[a-z0-9_]+")
 
@@ -208,3 +208,22 @@ for _resnet, _size, _patch in [((), "ti", 16), ((), "s", 16), ((), "s", 32), (()
     _stem = f"r{2 + 3 * sum(_resnet)}_" if _resnet else ""  # R26: 2 + 3 * 8 layers
     register_variant(f"vit_{_stem}{_size}{_patch}", patch_size=_patch, hidden_dim=_width,
                      num_layers=_depth, num_heads=_heads, mlp_dim=_mlp, resnet_units=_resnet)
+
+
+def check_kwargs(function, kwargs, valid, takes=None):
+    """ArgumentError (a TypeError) unless every key of `kwargs` is in `valid`: it names the
+    unknown ones, the closest valid one, and what `function` takes (`takes`, default the
+    list of `valid`)."""
+    unknown = [key for key in kwargs if key not in valid]
+    if not unknown:
+        return
+    if len(unknown) == 1:
+        what = f"an unexpected keyword argument {unknown[0]!r}. {suggest(unknown[0], valid)}"
+    else:
+        named = []
+        for key in unknown:
+            hint = suggest(key, valid).strip()
+            named.append(f"{key!r}" + (f" ({hint[0].lower()}{hint[1:]})" if hint else ""))
+        what = f"unexpected keyword arguments {', '.join(named)}. "
+    takes = takes or f"Valid keyword arguments: {', '.join(valid)}."
+    raise ArgumentError(f"{function}() got {what}{takes}")

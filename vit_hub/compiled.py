@@ -11,16 +11,28 @@ also runs bf16 at the hardware's bf16 rate, XLA:CPU does not), JAX `jax.jit` ove
 training, weight loading and assignment are seen at once; gradients through the
 TensorFlow function work (GradientTape); under a JAX trace the inputs are tracers and the
 plain path is taken. PyTorch runs eagerly already (its native mode).
+
+On OpenVINO (Keras' inference backend) an op-by-op call builds the model's graph node by
+node at every call and compiles it when the result is read (300x slower at batch 1); and
+Keras' own compiled `predict` asks the CPU plugin for no precision, so on CPUs with bf16
+(AVX512_BF16, AMX) it silently computes in bf16 (5e-2 off). Concrete images (numpy, or a
+tensor that is a Constant) run an OpenVINO model of the call compiled with
+INFERENCE_PRECISION_HINT f32 instead, built once per image shape; the variables are
+constants in it, so it is rebuilt once any was assigned. Symbolic inputs (Keras' export
+traces with Parameters) take the plain path.
 """
 
 import functools
 
 import keras
+import numpy as np
 
 
 def applies(args, kwargs):
     """Whether this call is a plain inference call on concrete images."""
-    if len(args) != 1 or any(key != "training" for key in kwargs) or kwargs.get("training"):
+    # A functional model calling this one as a layer passes mask=None too: nothing.
+    if (len(args) != 1 or any(key not in ("training", "mask") for key in kwargs)
+            or kwargs.get("training") or kwargs.get("mask") is not None):
         return False
     images = args[0]
     if isinstance(images, keras.KerasTensor) or not hasattr(images, "shape"):
@@ -36,6 +48,12 @@ def applies(args, kwargs):
         import jax
 
         return not isinstance(images, jax.core.Tracer)
+    if backend == "openvino":
+        from keras.src.backend.openvino.core import OpenVINOKerasTensor
+
+        if isinstance(images, OpenVINOKerasTensor):
+            return images.output.get_node().get_type_name() == "Constant"
+        return isinstance(images, np.ndarray)
     return False
 
 
@@ -79,6 +97,8 @@ class CompiledInference:
             # a process has made a few models (each traces once or twice).
             return tf.function(functools.partial(self.call, training=False),
                                reduce_retracing=True, autograph=False)
+        if keras.backend.backend() == "openvino":
+            return OpenVINOInference(self.model, self.call)
         import jax
 
         model = self.model
@@ -90,3 +110,51 @@ class CompiledInference:
         jitted = jax.jit(stateless)
         return lambda images: jitted([v.value for v in model.trainable_variables],
                                      [v.value for v in model.non_trainable_variables], images)
+
+
+class OpenVINOInference:
+    """`images -> call(images, training=False)` as OpenVINO models compiled for exact
+    float32, one per image shape (H, W, C), with the variables' current values baked in."""
+
+    PRECISION = {"INFERENCE_PRECISION_HINT": "f32"}  # never the plugin's silent bf16
+
+    def __init__(self, model, call):
+        self.model, self.call = model, call
+        self.values, self.compiled = [], {}  # the values baked in; (H, W, C) -> compiled
+
+    def __call__(self, images):
+        # An assignment replaces a variable's value object: one identity check per
+        # variable per call tells whether the compiled models are stale. The old values
+        # are held, so their identities cannot be reused by new objects.
+        values = [v.value for v in self.model.variables]
+        if len(values) != len(self.values) or any(
+                a is not b for a, b in zip(values, self.values)):
+            self.values, self.compiled = values, {}
+        data = keras.ops.convert_to_numpy(images).astype(self.model.inputs[0].dtype,
+                                                         copy=False)
+        shape = data.shape[1:]
+        if shape not in self.compiled:
+            self.compiled[shape] = self._compile(shape, data.dtype)
+        compiled = self.compiled[shape]
+        outputs = compiled(data)[0]
+        if compiled.output(0).get_element_type().to_string() == "bf16":
+            # OpenVINO hands bf16 results over as float16 arrays of the same bits (numpy
+            # has no bfloat16); read as float16 they are other numbers (Keras' own
+            # compiled predict does so: a mixed_bfloat16 model's outputs come out wrong).
+            import ml_dtypes
+
+            outputs = outputs.view(ml_dtypes.bfloat16)
+        return keras.ops.convert_to_tensor(outputs)
+
+    def _compile(self, shape, dtype):
+        # As Keras' OpenVINO trainer builds its model (`_get_compiled_model`), plus the
+        # precision: a Parameter with a dynamic batch, the plain call traced on it.
+        import openvino as ov
+        import openvino.opset16 as ov_opset
+        from keras.src.backend.openvino.core import (
+            OPENVINO_DTYPES, OpenVINOKerasTensor, get_device)
+
+        parameter = ov_opset.parameter([-1, *shape], OPENVINO_DTYPES[str(dtype)])
+        outputs = self.call(OpenVINOKerasTensor(parameter.output(0)), training=False)
+        graph = ov.Model([ov_opset.result(outputs.output)], [parameter])
+        return ov.compile_model(graph, get_device(), self.PRECISION)

@@ -52,6 +52,11 @@ class DownloadError(VitHubError, RuntimeError):
     """A model could not be downloaded; nothing partial is left in kagglehub's cache."""
 
 
+class AccuracyError(VitHubError, RuntimeError):
+    """A reduced-precision model (OpenVINO bf16 or int8) is further from fp32 than its
+    gate allows, measured on held-out images: it is neither returned nor cached."""
+
+
 class ExportError(VitHubError, RuntimeError):
     """A model cannot be exported in the asked-for format."""
 

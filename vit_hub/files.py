@@ -30,9 +30,9 @@ def atomic_path(path):
     os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
-        _fsync(tmp)
+        fsync(tmp)
         os.replace(tmp, path)
-        _fsync(folder)  # the rename itself
+        fsync(folder)  # the rename itself
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -44,7 +44,7 @@ def _umask():
     return mask
 
 
-def _fsync(path):
+def fsync(path):
     """fsync of a file or folder; errors of the disk (EIO, ENOSPC) are raised, a file
     system or platform that cannot fsync this (a folder on Windows) is ignored."""
     try:
@@ -58,11 +58,6 @@ def _fsync(path):
             raise
     finally:
         os.close(fd)
-
-
-def sync_folder(folder):
-    """Flushes a folder's entries (renames into it) to disk, where the platform can."""
-    _fsync(folder)
 
 
 def remove_temporaries(folder, prefix=TEMPORARY_PREFIX):

@@ -20,12 +20,13 @@ from vit_hub.layers import (
 )
 from vit_hub.architecture import (
     RESNET_STRIDE,
+    check_kwargs,
     check_resnet_units,
     image_hw,
-    suggest,
     variant_config,
 )
-from vit_hub.errors import ArgumentError, ConfigError, ImageTypeError
+from vit_hub.errors import ConfigError
+from vit_hub.preprocessing import images_dtype_error
 from vit_hub.resnet_stem import ResNetStem
 from vit_hub import compiled
 
@@ -45,25 +46,6 @@ def _check_image_size(image_size, patch_size):
 # What `keras.Model.__init__` gets besides the model's own arguments: what get_config()
 # records and from_config() passes back.
 KERAS_KWARGS = ("name", "dtype", "trainable")
-
-
-def check_kwargs(function, kwargs, valid, takes=None):
-    """ArgumentError (a TypeError) unless every key of `kwargs` is in `valid`: it names the
-    unknown ones, the closest valid one, and what `function` takes (`takes`, default the
-    list of `valid`)."""
-    unknown = [key for key in kwargs if key not in valid]
-    if not unknown:
-        return
-    if len(unknown) == 1:
-        what = f"an unexpected keyword argument {unknown[0]!r}. {suggest(unknown[0], valid)}"
-    else:
-        named = []
-        for key in unknown:
-            hint = suggest(key, valid).strip()
-            named.append(f"{key!r}" + (f" ({hint[0].lower()}{hint[1:]})" if hint else ""))
-        what = f"unexpected keyword arguments {', '.join(named)}. "
-    takes = takes or f"Valid keyword arguments: {', '.join(valid)}."
-    raise ArgumentError(f"{function}() got {what}{takes}")
 
 
 @functools.cache
@@ -95,19 +77,8 @@ def check_images(images, where):
             is_float = keras.backend.is_float_dtype(dtype)
         except (TypeError, ValueError, AttributeError):
             dtype, is_float = str(dtype), False
-        if is_float:
-            continue
-        if dtype == "uint8":
-            extra = ""
-        elif "int" in dtype:
-            extra = (", cast to uint8 if they are pixels 0..255 (preprocess takes uint8 "
-                     "0..255 or floats in [0, 1])")
-        else:
-            extra = " (it takes uint8 0..255 or floats in [0, 1])"
-        raise ImageTypeError(
-            f"{where} got {dtype} images: the model takes float32 in [-1, 1]; pass them "
-            f"through vit_hub.preprocess(images) (uint8 0..255 -> [-1, 1]) first{extra}."
-        )
+        if not is_float:
+            raise images_dtype_error(where, dtype)
 
 
 @keras.saving.register_keras_serializable(package="vit_hub")
@@ -246,6 +217,11 @@ class VisionTransformer(keras.Model):
         # False for the op-by-op path (e.g. to step through the layers in a debugger).
         self.compiled_calls = True
         self._inference = compiled.CompiledInference(self, super().__call__)
+        if keras.backend.backend() == "openvino":
+            # Keras' OpenVINO predict/evaluate compile their own model with no precision
+            # hint (bf16 on CPUs that have it) unless a layer does not support jit: then
+            # they call `self(x, training=False)`, i.e. the f32-pinned compiled call.
+            self.supports_jit = False
 
     def __call__(self, *args, **kwargs):
         # Every path in goes through here with the images as given: eager calls, and

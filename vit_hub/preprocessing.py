@@ -104,6 +104,40 @@ def _check_array(array, what):
     return array.astype(np.float32)
 
 
+def images_dtype_error(where, dtype):
+    """The ImageTypeError for model inputs that are not floats: integer images (uint8
+    0..255) would be computed at 255x the range the model takes."""
+    if dtype == "uint8":
+        extra = ""
+    elif "int" in dtype:
+        extra = (", cast to uint8 if they are pixels 0..255 (preprocess takes uint8 "
+                 "0..255 or floats in [0, 1])")
+    else:
+        extra = " (it takes uint8 0..255 or floats in [0, 1])"
+    return ImageTypeError(
+        f"{where} got {dtype} images: the model takes float32 in [-1, 1]; pass them "
+        f"through vit_hub.preprocess(images) (uint8 0..255 -> [-1, 1]) first{extra}."
+    )
+
+
+def check_model_images(images, image_size, where):
+    """A batch for a compiled model (no Keras in the way to check it): float
+    (B, height, width, 3) at `image_size`, returned as contiguous float32."""
+    array = np.asarray(images)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise images_dtype_error(where, str(array.dtype))
+    height, width = image_size
+    if array.ndim != 4 or tuple(array.shape[1:]) != (height, width, 3):
+        hint = (" (one image: add the batch axis, images[None])"
+                if tuple(array.shape) == (height, width, 3) else "")
+        raise ImageError(
+            f"{where} takes a batch (B, {height}, {width}, 3) in [-1, 1], got shape "
+            f"{tuple(array.shape)}{hint}; vit_hub.preprocess(images, image_size="
+            f"{(height, width) if height != width else height}) makes one."
+        )
+    return np.ascontiguousarray(array, np.float32)
+
+
 def _resize(image, size, crop_fraction):
     if crop_fraction:  # the central box of tf.image.central_crop
         rows, cols = image.shape[:2]

@@ -11,15 +11,17 @@ import inspect
 import os
 import warnings
 
+from vit_hub.architecture import check_kwargs, image_hw
 from vit_hub.cache import CacheEntry, is_offline
 from vit_hub.catalogue import get_entry
-from vit_hub.errors import CacheError, WeightsError
+from vit_hub.errors import CacheError, ConfigError, WeightsError
 from vit_hub.files import checksum_problem
 from vit_hub.weights import build_model, empty_model, fill, open_weights_file
 
 
 def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights=None,
-                    **model_kwargs):
+                    runtime="keras", precision=None, calibration=None, min_cosine=None,
+                    threads=None, **model_kwargs):
     """Returns the native Keras model of a published ViT (see `vit_hub.list_models()`).
 
     Called with no extra kwargs, the model computes what the hub model computes: `_fe`
@@ -32,6 +34,14 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
         offline: never touch the network (default: $VIT_HUB_OFFLINE=1).
         verify: also re-run the parity check against the hub model (needs its download).
         weights: path of a converted weights file to load instead of the cache.
+        runtime: 'keras' (a `VisionTransformer`) or 'openvino': an `OpenVINOModel`
+            compiled at `precision` ('fp32', exact, the default; 'bf16'; 'int8',
+            calibrated on `calibration`; `min_cosine`: the agreement with fp32 below
+            which bf16/int8 is refused; see `vit_hub.to_openvino`), its IR cached
+            beside the weights (a cache hit imports neither TensorFlow nor Keras).
+            `threads` limits its CPU threads. It takes the keywords that shape the
+            outputs: image_size, include_top, num_classes, pooling,
+            classifier_activation.
         **model_kwargs: `VisionTransformer` arguments, e.g. `dropout`, `dtype`,
             `trainable` (any other keyword is an ArgumentError, a TypeError, raised
             before the cache is looked at), and those that reshape the model:
@@ -42,6 +52,10 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
             `include_top=True, num_classes=N` on an fe model: a new head on the
                 class token. `include_top=False` on a classification model drops it.
     """
+    openvino = (precision, calibration, min_cosine, threads)
+    if runtime != "keras" or any(value is not None for value in openvino):
+        return _load_openvino(name, runtime, *openvino, cache_dir, offline, verify, weights,
+                              model_kwargs)
     _check_model_kwargs("load_pretrained", model_kwargs, _keyword_only(load_pretrained),
                         positional=("name",))
     entry = get_entry(name)
@@ -71,6 +85,54 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
     if verify:
         _verify(model, entry)
     return model
+
+
+# What the OpenVINO runtime can honour: the keywords that shape a model's outputs. The
+# others are about training (dropout, trainable) or Keras (dtype: precision= says it).
+RUNTIME_KWARGS = ("image_size", "include_top", "num_classes", "pooling",
+                  "classifier_activation")
+
+
+def _load_openvino(name, runtime, precision, calibration, min_cosine, threads, cache_dir,
+                   offline, verify, weights, model_kwargs):
+    from vit_hub.runtime.convert import calibration_digest, check_gate, to_openvino
+    from vit_hub.runtime.ir_cache import cached_openvino, ir_key
+    from vit_hub.runtime.openvino_model import check_precision
+
+    if runtime == "keras":
+        raise ConfigError("precision=, calibration=, min_cosine= and threads= are the OpenVINO "
+                          "runtime's: add runtime='openvino' (for Keras mixed precision, "
+                          "dtype='mixed_bfloat16').")
+    if runtime != "openvino":
+        raise ConfigError(f"runtime {runtime!r} is not one of 'keras', 'openvino'.")
+    precision = check_precision("fp32" if precision is None else precision)
+    if calibration is not None and precision != "int8":
+        raise ConfigError(f"calibration= is for precision='int8', not {precision!r}.")
+    # Keras-only keywords (dtype, dropout, trainable) are refused like misspelt ones,
+    # without importing Keras to tell them apart.
+    check_kwargs("load_pretrained", model_kwargs, RUNTIME_KWARGS,
+                 f"runtime='openvino' runs inference only, at the precision= it is given "
+                 f"(fp32, bf16 or int8), and takes the keywords that shape the outputs: "
+                 f"{', '.join(RUNTIME_KWARGS)}. For training or a Keras dtype policy use "
+                 f"runtime='keras'.")
+    entry = get_entry(name)
+    offline = is_offline(offline)
+
+    def build():
+        model = load_pretrained(entry.name, cache_dir=cache_dir, offline=offline,
+                                verify=verify, weights=weights, **model_kwargs)
+        return to_openvino(model, precision, calibration, min_cosine=min_cosine,
+                           threads=threads)
+
+    if weights is not None or verify:  # a file given by path, or a check asked for
+        return build()
+    size = image_hw(model_kwargs.get("image_size", entry.architecture.image_size))
+    head = {key: model_kwargs[key] for key in sorted(model_kwargs) if key != "image_size"}
+    digest = calibration_digest(calibration, size) if precision == "int8" else None
+    fast = cached_openvino(entry.name, cache_dir, offline, ir_key(precision, size, head, digest),
+                           build, threads)
+    check_gate(precision, fast.accuracy, min_cosine, entry.name)  # (cached under another?)
+    return fast
 
 
 def load_weights(path, **model_kwargs):

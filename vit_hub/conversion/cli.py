@@ -4,8 +4,10 @@
     convert-weights vit_b32_fe --source DIR      # from a local SavedModel (or .npz)
     convert-weights --all                        # every model that has a converter
     convert-weights --list                       # models, cache state, recorded parity
+    convert-weights vit_b32_fe --runtime openvino --precision int8   # also the OpenVINO IR
 
-Exit status: 0 all converted, 1 a conversion or parity check failed, 2 usage error.
+Exit status: 0 all converted, 1 a conversion, parity check or OpenVINO accuracy gate
+failed, 2 usage error.
 """
 
 import argparse
@@ -36,7 +38,16 @@ def parse_args(argv):
     parser.add_argument("--force", action="store_true", help="convert even if cached")
     parser.add_argument("--output", metavar="FILE",
                         help="also write the weights (and FILE's .json metadata) here")
+    parser.add_argument("--runtime", choices=["keras", "openvino"], default="keras",
+                        help="openvino: also build and cache the OpenVINO IR (default keras)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"],
+                        help="the OpenVINO IR's precision (default fp32)")
     args = parser.parse_args(argv)
+    if args.precision and args.runtime != "openvino":
+        parser.error(f"--precision {args.precision} is the OpenVINO runtime's: add "
+                     "--runtime openvino (the Keras weights are always fp32)")
+    if args.list and args.runtime != "keras":
+        parser.error("--list shows the weights cache; --runtime goes with NAMEs or --all")
     if sum([bool(args.names), args.all, args.list]) != 1:
         parser.error("give model NAMEs, or --all, or --list")
     if (args.source or args.output or args.reference) and len(args.names) != 1:
@@ -66,9 +77,47 @@ def main(argv=None):
         except VitHubError as err:
             print(f"convert-weights: {err}", file=sys.stderr)
             return 2
+    if args.runtime == "openvino":
+        from vit_hub.runtime.openvino_model import check_precision
+
+        args.precision = args.precision or "fp32"
+        try:  # bf16 on a CPU without it, or no openvino: refused before any conversion
+            check_precision(args.precision)
+        except VitHubError as err:
+            print(f"convert-weights: {err}", file=sys.stderr)
+            return 2
     rows = [convert_one(name, args) for name in names]
     print_table(["model", "result", "parity max abs", "seconds", "weights"], rows)
-    return 0 if all(row[1] in ("converted", "cached") for row in rows) else 1
+    ok = all(row[1] in ("converted", "cached") for row in rows)
+    if args.runtime == "openvino":  # only on weights that are now in the cache
+        ok = all([build_ir(row[0], args) for row in rows if row[1] != "FAILED"]) and ok
+    return 0 if ok else 1
+
+
+def build_ir(name, args):
+    """Builds (or finds) the cached OpenVINO IR of `name` and prints its measured
+    agreement with fp32; False if it failed (an AccuracyError below the gate...)."""
+    import functools
+
+    import vit_hub
+    from vit_hub.errors import CacheError, VitHubError
+    from vit_hub.terminal import start_tensorflow_quietly
+
+    load = functools.partial(vit_hub.load_pretrained, name, cache_dir=args.cache_dir,
+                             runtime="openvino", precision=args.precision)
+    try:
+        try:
+            fast = load(offline=True)  # a cached IR: neither TensorFlow nor Keras
+        except CacheError:  # not built yet: the Keras model is traced, on TensorFlow
+            start_tensorflow_quietly()
+            # The weights are cached by now, so this builds the IR here and downloads
+            # nothing, also under VIT_HUB_OFFLINE (whose CacheError sends users here).
+            fast = load(offline=False)
+    except VitHubError as err:
+        print(f"convert-weights: {name}: {err}", file=sys.stderr)
+        return False
+    print(f"{name}: {fast.summary()}")
+    return True
 
 
 def convert_one(name, args):

@@ -20,7 +20,7 @@ from vit_hub.cache import CacheEntry
 from vit_hub.catalogue import get_entry
 from vit_hub.conversion.convert import convert, metadata_path, write_converted
 from vit_hub.errors import CacheError, ConversionError, ParityError
-from vit_hub.files import is_disk_full, sync_folder
+from vit_hub.files import fsync, is_disk_full
 
 STEPS = ("download", "convert", "verify", "write")
 
@@ -204,7 +204,7 @@ def _write(entry, cache, conversion):
             except OSError:
                 pass
             raise write_error(err, cache.folder) from None
-        sync_folder(cache.folder)
+        fsync(cache.folder)  # the renames into it
         return metadata
     finally:
         shutil.rmtree(staging, ignore_errors=True)

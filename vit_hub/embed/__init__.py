@@ -37,7 +37,8 @@ class EmbedSummary:
 
 def embed_images(model, source, output, *, workers=1, address=None, batch_size=32,
                  cache_dir=None, offline=None, shard_size=None, cpus_per_worker=None,
-                 gpus_per_worker=0, retries=3, progress=True):
+                 gpus_per_worker=0, retries=3, progress=True, runtime="keras",
+                 precision=None, min_cosine=None):
     """Embeds every image of `source` with `model` into the Parquet dataset `output`.
 
     Args:
@@ -60,21 +61,31 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
             memory, its machine lost, a decoder crash) before the job stops with an
             `EmbedError`; the shards finished by then are kept for a rerun.
         progress: a progress bar on stderr.
+        runtime, precision, min_cosine: 'keras', or 'openvino' at precision 'fp32'
+            (default), 'bf16' or 'int8' with its gate (see `load_pretrained`). The
+            OpenVINO IR is built and checked once, before any worker starts; workers
+            load it offline. The Parquet metadata records runtime, precision and the
+            measured agreement with fp32; an OUT of another runtime or precision is
+            refused.
 
     Returns an `EmbedSummary`. Unreadable images are listed with their reason in
     `output/_errors.csv`; they never stop the job.
     """
     from vit_hub.catalogue import get_entry
-    from vit_hub.pretrained import cached_weights
+    from vit_hub.pretrained import cached_weights, load_pretrained
 
     _check_positive(workers=workers, batch_size=batch_size, shard_size=shard_size)
     _check_retries(retries)
     _check_address(address)
     entry = get_entry(model)
-    out = EmbedOutput(output, entry.name)
-    out.check()  # another model's rows: refused before anything is read
+    precision = _check_runtime(runtime, precision, min_cosine)
+    out = EmbedOutput(output, entry.name, runtime, precision)
+    out.check()  # another model's (or runtime's) rows: refused before anything is read
     locations = list_images(source)  # nothing to embed: refused here too
     cached_weights(entry.name, cache_dir, offline)  # offline and not cached: refused here
+    if runtime == "openvino":  # built (or found) once here, checked against its gate
+        load_pretrained(entry.name, cache_dir=cache_dir, offline=offline,
+                        runtime="openvino", precision=precision, min_cosine=min_cosine)
     start = time.perf_counter()
     with out.lock():
         out.remove_temporaries()
@@ -88,7 +99,8 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
             if shards:
                 images, errors = _counted(
                     _run(shards, entry, out, workers, address, batch_size, cache_dir,
-                         cpus_per_worker, gpus_per_worker, retries),
+                         cpus_per_worker, gpus_per_worker, retries,
+                         dict(runtime=runtime, precision=precision, min_cosine=min_cosine)),
                     len(pending), progress, entry.name)
         except Exception as err:
             if not _worker_died(err):
@@ -108,8 +120,10 @@ def _shards(pending, first, size):
             for i, j in enumerate(range(0, len(pending), size))]
 
 
-def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus, retries):
-    """The Ray Data job: shards -> a pool of `workers` ShardEmbedder actors -> counts."""
+def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus, retries,
+         computed):
+    """The Ray Data job: shards -> a pool of `workers` ShardEmbedder actors -> counts.
+    `computed`: the runtime keywords of the workers' model."""
     ray = _ray(address)
     from vit_hub.architecture import variant_config
     from vit_hub.embed.worker import ShardEmbedder
@@ -130,7 +144,7 @@ def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus
         fn_constructor_kwargs=dict(
             model=entry.name, entry=entry.to_dict(), variant=variant_config(entry.variant),
             cache_dir=cache_dir and os.path.abspath(cache_dir), folder=out.folder,
-            batch_size=batch_size, threads=max(1, round(cpus))),
+            batch_size=batch_size, threads=max(1, round(cpus)), **computed),
         num_cpus=cpus,
         num_gpus=gpus,
         max_task_retries=retries,
@@ -208,6 +222,21 @@ def _counted(results, total, progress, name):
             images, errors = images + int(row["images"]), errors + int(row["errors"])
             bar.update(int(row["images"]) + int(row["errors"]))
     return images, errors
+
+
+def _check_runtime(runtime, precision, min_cosine):
+    """The precision the rows are computed at, checked before any work: bf16 on a CPU
+    without it, or an unknown precision, is a ConfigError here."""
+    if runtime == "keras":
+        if precision is not None or min_cosine is not None:
+            raise ConfigError("precision= and min_cosine= are the OpenVINO runtime's: add "
+                              "runtime='openvino' (the Keras model computes in fp32).")
+        return "fp32"
+    if runtime != "openvino":
+        raise ConfigError(f"runtime {runtime!r} is not one of 'keras', 'openvino'.")
+    from vit_hub.runtime.openvino_model import check_precision
+
+    return check_precision("fp32" if precision is None else precision)
 
 
 def _check_retries(retries):

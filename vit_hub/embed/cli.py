@@ -4,6 +4,7 @@ a Parquet dataset, on Ray Data: on this machine, or on a cluster with --address.
     vit-embed vit_b32_fe photos/ --output embeddings/
     vit-embed vit_b16_classification 'shots/**/*.jpg' --output labels/ --workers 4
     vit-embed vit_b32_fe list.txt --output out/ --address auto     # a running Ray cluster
+    vit-embed vit_b32_fe photos/ --output out/ --runtime openvino --precision int8
 
 A rerun with the same --output resumes. Exit status: 0 done (unreadable images are
 listed in OUT/_errors.csv), 1 the job failed, 2 usage error.
@@ -40,7 +41,14 @@ def parse_args(argv):
     parser.add_argument("--retries", type=int, default=3, metavar="R",
                         help="runs of a shard after its worker died, before the job "
                         "stops (default 3)")
+    parser.add_argument("--runtime", choices=["keras", "openvino"], default="keras",
+                        help="the workers' model (default keras)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"],
+                        help="the OpenVINO model's precision (default fp32)")
     args = parser.parse_args(argv)
+    if args.precision and args.runtime != "openvino":
+        parser.error(f"--precision {args.precision} is the OpenVINO runtime's: add "
+                     "--runtime openvino (the Keras model computes in fp32)")
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     if args.batch_size < 1:
@@ -61,7 +69,8 @@ def main(argv=None):
             args.model, args.source, args.output, workers=args.workers,
             address=args.address, batch_size=args.batch_size, cache_dir=args.cache_dir,
             offline=args.offline or None, cpus_per_worker=args.cpus_per_worker,
-            gpus_per_worker=args.gpus_per_worker, retries=args.retries)
+            gpus_per_worker=args.gpus_per_worker, retries=args.retries,
+            runtime=args.runtime, precision=args.precision)
     except EmbedError as err:  # the job ran and stopped: finished shards are kept
         print(f"vit-embed: {err}", file=sys.stderr)
         return 1

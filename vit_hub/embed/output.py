@@ -7,8 +7,9 @@
 A shard's file is written through `files.atomic_path` (a hidden temporary file, fsync,
 rename), so it is there whole or not at all: a rerun keeps the finished shards and embeds only what is
 missing, and a shard retried after a killed worker replaces nothing but itself. Each
-file's Parquet metadata records the model and the shard's unreadable images, so the
-folder alone says what was done; `_errors.csv` is regenerated from it at the end of a
+file's Parquet metadata records the model, the runtime and precision that computed the
+rows (with OpenVINO's measured agreement with fp32) and the shard's unreadable images, so
+the folder alone says what was done; `_errors.csv` is regenerated from it at the end of a
 run. Readers of Parquet datasets (pyarrow, pandas, Ray, Spark) skip `_` and `.` files.
 """
 
@@ -23,6 +24,9 @@ from vit_hub.files import atomic_path, remove_temporaries
 
 MODEL_KEY = b"vit_hub.model"
 ERRORS_KEY = b"vit_hub.errors"
+RUNTIME_KEY = b"vit_hub.runtime"
+PRECISION_KEY = b"vit_hub.precision"
+ACCURACY_KEY = b"vit_hub.accuracy"
 ERRORS_FILE = "_errors.csv"
 LOCK_FILE = ".vit-embed.lock"
 _PART = re.compile(r"part-(\d+)\.parquet")
@@ -33,11 +37,13 @@ def part_name(index):
 
 
 class EmbedOutput:
-    """The output folder of one model's embeddings."""
+    """The output folder of one model's embeddings, computed by one runtime at one
+    precision (rows of fp32 and int8 mixed in one dataset would differ silently)."""
 
-    def __init__(self, folder, model):
+    def __init__(self, folder, model, runtime="keras", precision="fp32"):
         self.folder = os.path.abspath(os.fspath(folder))
         self.model = model
+        self.computed = (runtime, precision)
 
     def parts(self):
         """{shard index: path} of the finished shards."""
@@ -48,17 +54,30 @@ class EmbedOutput:
 
     def check(self):
         """OutputExistsError, before any work, for an OUT that is a file, or that holds
-        rows of another model or files vit-embed did not write."""
+        rows of another model, of another runtime or precision, or files vit-embed did
+        not write."""
         if os.path.exists(self.folder) and not os.path.isdir(self.folder):
             raise OutputExistsError(f"--output {self.folder} is a file; give a folder for "
                                     "the Parquet dataset.")
         for path in self.parts().values():
-            model = _metadata(path).get(MODEL_KEY, b"").decode()
+            metadata = _metadata(path)
+            model = metadata.get(MODEL_KEY, b"").decode()
             if model != self.model:
                 found = f"rows of {model}" if model else "a Parquet file vit-embed did not write"
                 raise OutputExistsError(
                     f"--output {self.folder} already holds {found} ({os.path.basename(path)}),"
                     f" not of {self.model}: give another folder, or delete it to start over.")
+            # Files written before runtimes were recorded are Keras fp32.
+            computed = (metadata.get(RUNTIME_KEY, b"keras").decode(),
+                        metadata.get(PRECISION_KEY, b"fp32").decode())
+            if computed != self.computed:
+                flags = f"--runtime {computed[0]}" + (
+                    f" --precision {computed[1]}" if computed[0] == "openvino" else "")
+                raise OutputExistsError(
+                    f"--output {self.folder} holds rows of {model} computed by "
+                    f"{' '.join(computed)} ({os.path.basename(path)}), not by "
+                    f"{' '.join(self.computed)}: resume it with {flags}, or give another "
+                    "folder.")
 
     @contextlib.contextmanager
     def lock(self):
@@ -104,12 +123,15 @@ class EmbedOutput:
         return len(rows)
 
 
-def write_part(folder, index, table, model, errors):
-    """Writes one shard's rows whole or not at all."""
+def write_part(folder, index, table, model, errors, runtime="keras", precision="fp32",
+               accuracy=None):
+    """Writes one shard's rows whole or not at all; `accuracy`: the OpenVINO model's
+    measured agreement with fp32 (None for Keras, the reference)."""
     import pyarrow.parquet as pq
 
     metadata = {**(table.schema.metadata or {}), MODEL_KEY: model.encode(),
-                ERRORS_KEY: json.dumps(errors).encode()}
+                ERRORS_KEY: json.dumps(errors).encode(), RUNTIME_KEY: runtime.encode(),
+                PRECISION_KEY: precision.encode(), ACCURACY_KEY: json.dumps(accuracy).encode()}
     with atomic_path(os.path.join(folder, part_name(index))) as temporary:
         pq.write_table(table.replace_schema_metadata(metadata), temporary)
 

@@ -1,7 +1,8 @@
 """What each vit-embed worker runs: one Ray actor per worker loads the model once, from
-the cache and offline, then takes whole shards: it reads and decodes a shard's images
-(the next batch on a thread while the model runs the current one), embeds them and writes
-the shard's Parquet file itself. Unreadable images are recorded, never raised."""
+the cache and offline (the Keras model, or the OpenVINO IR the driver built), then takes
+whole shards: it reads and decodes a shard's images (the next batch on a thread while the
+model runs the current one), embeds them and writes the shard's Parquet file itself.
+Unreadable images are recorded, never raised."""
 
 import concurrent.futures
 import os
@@ -14,8 +15,9 @@ from vit_hub.errors import VitHubError
 
 
 class ShardEmbedder:
-    def __init__(self, model, entry, variant, cache_dir, folder, batch_size, threads):
-        _limit_threads(threads)
+    def __init__(self, model, entry, variant, cache_dir, folder, batch_size, threads,
+                 runtime="keras", precision="fp32", min_cosine=None):
+        _limit_threads(threads, keras=runtime == "keras")
         import vit_hub
 
         # A model registered in the caller's process (register_variant / register_model)
@@ -26,8 +28,18 @@ class ShardEmbedder:
             vit_hub.register_model(model, entry)
         self.name, self.folder, self.batch_size = model, folder, batch_size
         self.entry = vit_hub.get_entry(model)
-        self.model = vit_hub.load_pretrained(model, cache_dir=cache_dir, offline=True)
-        self.top5 = self.entry.classification and self.model.output_shape[-1] == 1000
+        self.computed = dict(runtime=runtime, precision=precision, accuracy=None)
+        if runtime == "openvino":  # numpy in, numpy out; no TensorFlow or Keras loaded
+            fast = vit_hub.load_pretrained(model, cache_dir=cache_dir, offline=True,
+                                           runtime="openvino", precision=precision,
+                                           min_cosine=min_cosine, threads=threads)
+            self.predict, self.output_shape = fast, fast.output_shape
+            self.computed["accuracy"] = fast.accuracy
+        else:
+            keras_model = vit_hub.load_pretrained(model, cache_dir=cache_dir, offline=True)
+            self.predict = keras_model.predict_on_batch  # one call per batch, as `fast`
+            self.output_shape = keras_model.output_shape
+        self.top5 = self.entry.classification and self.output_shape[-1] == 1000
 
     def __call__(self, batch):
         """One or more shards {"shard", "paths"} -> {"shard", "images", "errors"} counts."""
@@ -49,9 +61,10 @@ class ShardEmbedder:
                 errors += failed
                 if ok:
                     located += ok
-                    outputs.append(np.asarray(self.model.predict_on_batch(images)))
-        rows = np.concatenate(outputs) if outputs else np.zeros((0, *self.model.output_shape[1:]))
-        write_part(self.folder, index, self.table(located, rows), self.name, errors)
+                    outputs.append(np.asarray(self.predict(images)))
+        rows = np.concatenate(outputs) if outputs else np.zeros((0, *self.output_shape[1:]))
+        write_part(self.folder, index, self.table(located, rows), self.name, errors,
+                   **self.computed)
         return len(located), len(errors)
 
     def decode(self, paths):
@@ -87,12 +100,15 @@ class ShardEmbedder:
         return pa.table(columns)
 
 
-def _limit_threads(threads):
+def _limit_threads(threads, keras=True):
     """Keeps a worker's math on the CPUs Ray gave it (its frameworks would take all the
-    machine's cores, and workers sharing a machine would fight over them)."""
+    machine's cores, and workers sharing a machine would fight over them). OpenVINO
+    takes its threads= itself, and its workers import no Keras backend."""
     if not threads:
         return
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    if not keras:
+        return
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend == "tensorflow":
         import tensorflow as tf

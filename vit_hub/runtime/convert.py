@@ -1,0 +1,243 @@
+"""A Keras model in hand -> an `OpenVINOModel` at a precision, with its measured cost.
+
+The model is traced by Keras' own OpenVINO export (on TensorFlow a tf.function through
+OpenVINO's TensorFlow frontend, on the openvino backend its own graph), int8 is
+post-training quantization by NNCF (SmoothQuant and bias correction, as NNCF applies for
+transformers), and every precision is measured against the Keras model's own fp32 outputs
+on held-out photographs before it is handed out:
+
+- fp32 must pass the project's parity gate (1e-4 x the output's scale), like a conversion;
+- bf16 and int8 record cosine, max abs and, for classifiers, top-1/top-5 agreement, and
+  are refused (AccuracyError, nothing cached) below their gate on the worst image.
+"""
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+from vit_hub.conversion.parity import TOLERANCE, compare
+from vit_hub.errors import AccuracyError, ConfigError, ImageError, MissingDependencyError
+from vit_hub.runtime import photos
+from vit_hub.runtime.openvino_model import (
+    OpenVINOModel,
+    check_precision,
+    core,
+    cpu_capabilities,
+)
+
+# The least cosine similarity to fp32 on the worst held-out image. bf16 keeps 8 bits of
+# mantissa (measured 0.9998 on ViT-B/32); int8 with SmoothQuant measured 0.995-0.998 on
+# random-weight stand-ins, and naive int8 of ViT-B costs 1.4-2.2 points of top-1
+# (published), so below 0.99 something is wrong with the calibration or the model.
+GATES = {"bf16": 0.999, "int8": 0.99}
+# Fewer calibration images than this give NNCF ranges it cannot trust.
+MIN_CALIBRATION = 8
+
+
+def to_openvino(model, precision="fp32", calibration=None, *, min_cosine=None, threads=None):
+    """The OpenVINO model of a vit_hub Keras model (float32 policy), at `precision`.
+
+    Args:
+        model: a `VisionTransformer` (any size, head or fine-tuning).
+        precision: 'fp32' (exact), 'bf16' (CPUs with bf16 instructions) or 'int8'.
+        calibration: int8 only: images as `vit_hub.preprocess` takes them (paths, a
+            folder's files, arrays, PIL images), at least 8; default: 32 crops of
+            scikit-learn's sample photos (the accuracy record says which).
+        min_cosine: the least cosine to fp32 on the worst held-out image (default: 0.999 for
+            bf16, 0.99 for int8); below it an AccuracyError is raised.
+        threads: CPU threads for inference (default: all).
+    """
+    check_precision(precision)
+    _check_model(model)
+    if calibration is not None and precision != "int8":
+        raise ConfigError(f"calibration= is for precision='int8', not {precision!r}.")
+    calibrate = None
+    if precision == "int8":
+        _import_nncf()
+        calibrate = calibration_set(calibration, model.image_size)
+    ov_model = trace(model)
+    held_out = photos.held_out_images(model.image_size)
+    reference = _keras_outputs(model, held_out)
+    fast = OpenVINOModel(ov_model, precision="fp32", accuracy={}, name=model.name,
+                         threads=threads)
+    fast.accuracy = _measure(fast(held_out), reference, model)
+    _check_exact(fast.accuracy, model.name)  # the trace itself, before any reduction
+    if precision == "fp32":
+        return fast
+    if precision == "int8":
+        ov_model = quantize(ov_model, calibrate[0])
+    fast = OpenVINOModel(ov_model, precision=precision, accuracy={}, name=model.name,
+                         threads=threads)
+    fast.accuracy = _measure(fast(held_out), reference, model)
+    if calibrate:
+        fast.accuracy["calibration"] = {"images": len(calibrate[0]), "source": calibrate[1]}
+    check_gate(precision, fast.accuracy, min_cosine, model.name)
+    return fast
+
+
+def _check_model(model):
+    import keras
+
+    if not all(hasattr(model, a) for a in ("image_size", "include_top", "name")):
+        raise ConfigError(f"to_openvino takes a vit_hub model (VisionTransformer), got "
+                          f"{type(model).__name__}.")
+    policy = keras.dtype_policies.get(model.dtype_policy)
+    if policy.compute_dtype != "float32" or policy.variable_dtype != "float32":
+        raise ConfigError(
+            f"to_openvino takes a float32 model; {model.name!r} has dtype policy "
+            f"{policy.name!r}. Load it in float32 and pick the runtime's precision with "
+            "precision='bf16' or 'int8'.")
+
+
+def _import_nncf():
+    try:
+        with _quiet():  # NNCF starts its telemetry when imported
+            import nncf
+    except ImportError:
+        raise MissingDependencyError("int8 needs NNCF to quantize: pip install "
+                                     "'vit_hub[openvino]'.") from None
+    return nncf
+
+
+def calibration_digest(images, image_size):
+    """What identifies a calibration set in the IR cache's key."""
+    if images is None:
+        return f"default: {photos.CALIBRATION_IMAGES} {photos.SOURCE}"
+    batch, _ = calibration_set(images, image_size)
+    return hashlib.sha256(batch.tobytes()).hexdigest()
+
+
+def calibration_set(images, image_size):
+    """(calibration images in [-1, 1], where they come from), checked before any work."""
+    if images is None:
+        return photos.calibration_images(image_size), f"default: {photos.SOURCE}"
+    from vit_hub.preprocessing import preprocess
+
+    if isinstance(images, (str, os.PathLike)) and os.path.isdir(images):
+        folder = os.fspath(images)
+        images = sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                        if not n.startswith("."))
+    batch = preprocess(images, image_size)
+    if len(batch) < MIN_CALIBRATION:
+        raise ImageError(f"int8 calibration needs at least {MIN_CALIBRATION} images, got "
+                         f"{len(batch)}: pass more, or calibration=None for the default "
+                         f"{photos.CALIBRATION_IMAGES} photos.")
+    return batch, f"{len(batch)} images given"
+
+
+def trace(model):
+    """The model as an `openvino.Model`, through Keras' own export, with one input
+    ('images', batch dynamic) and its one output ('output_0')."""
+    import keras
+
+    openvino = _openvino()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.xml")
+        signature = [keras.InputSpec(shape=(None, *model.image_size, 3), dtype="float32")]
+        with _quiet():
+            model.export(path, format="openvino", verbose=False, input_signature=signature)
+        # Read into memory (no mmap): the files go with the temporary folder.
+        traced = core().read_model(path, config={"ENABLE_MMAP": False})
+    # TensorFlow's trace also returns shape scalars the graph computed on the way.
+    result = traced.get_results()[0]
+    ov_model = openvino.Model([result], traced.get_parameters(), model.name)
+    ov_model.input(0).get_tensor().set_names({"images"})
+    ov_model.output(0).get_tensor().set_names({"output_0"})
+    expected = tuple(model.output_shape[1:])
+    found = tuple(int(d.get_length()) for d in list(ov_model.output(0).get_partial_shape())[1:])
+    if found != expected:
+        raise ConfigError(f"The OpenVINO trace of {model.name!r} gives outputs {found}, the "
+                          f"model {expected}; this model cannot be traced.")
+    return ov_model
+
+
+def _openvino():
+    from vit_hub.runtime.openvino_model import import_openvino
+
+    return import_openvino()
+
+
+def quantize(ov_model, images):
+    """NNCF post-training int8 quantization on `images` (one per calibration step)."""
+    nncf = _import_nncf()
+    dataset = nncf.Dataset([images[i:i + 1] for i in range(len(images))])
+    with _quiet():
+        return nncf.quantize(ov_model, dataset, model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(images))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """OpenVINO's converter and NNCF, as vit_hub runs them inside a library call: what
+    they print (progress bars, INFO lines) is not what its user needs on the terminal
+    (warnings still pass), and they send nothing. Both report usage to Google Analytics
+    unless the user opted out (`opt_in_out --opt_out`) or runs in CI, which they read
+    from the CI variable when they (re)start their telemetry: a conversion of vit_hub,
+    made offline as well, must not reach out."""
+    nncf_logger = logging.getLogger("nncf")
+    level, ci = nncf_logger.level, os.environ.get("CI")
+    nncf_logger.setLevel(logging.WARNING)
+    os.environ["CI"] = "true"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        nncf_logger.setLevel(level)
+        if ci is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = ci
+
+
+def _keras_outputs(model, images):
+    import keras
+
+    return keras.ops.convert_to_numpy(model.predict_on_batch(images))
+
+
+def _measure(outputs, reference, model):
+    report = compare(outputs, reference, classification=bool(model.include_top))
+    return {
+        "images": report.batch, "held_out": photos.SOURCE,
+        "max_abs": report.max_abs, "cosine_min": report.cosine,
+        "cosine_mean": _mean_cosine(outputs, reference),
+        "top1_agreement": report.top1_agreement, "top5_agreement": report.top5_agreement,
+        "scale": report.scale, "cpu": cpu_capabilities(),
+    }
+
+
+def _mean_cosine(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.mean(np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1)
+                                              * np.linalg.norm(b, axis=-1) + 1e-30)))
+
+
+def _check_exact(accuracy, name):
+    tolerance = TOLERANCE * accuracy["scale"]
+    accuracy["tolerance"] = tolerance
+    if accuracy["max_abs"] > tolerance:
+        raise AccuracyError(
+            f"OpenVINO fp32 of {name!r} is {accuracy['max_abs']:.2e} off the Keras model "
+            f"(gate {tolerance:.1e}): the trace does not compute what the model computes. "
+            "Please report it; use the Keras model meanwhile.")
+
+
+def check_gate(precision, accuracy, min_cosine, name):
+    """AccuracyError unless a bf16/int8 model's measured agreement meets `min_cosine`
+    (default GATES); records the gate applied. Also checked on a cache hit, since an IR
+    cached under a looser gate must not pass a stricter one."""
+    if precision == "fp32":
+        return
+    gate = GATES[precision] if min_cosine is None else min_cosine
+    accuracy["gate_cosine_min"] = gate
+    if accuracy["cosine_min"] < gate:
+        raise AccuracyError(
+            f"OpenVINO {precision} of {name!r} agrees with fp32 only to cosine "
+            f"{accuracy['cosine_min']:.5f} on its worst held-out image (gate {gate}); it "
+            "is not used or cached. Calibrate on more images like yours (calibration=...)"
+            ", or use precision='fp32'" + (" or 'bf16'." if precision == "int8" else "."))
