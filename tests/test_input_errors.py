@@ -108,8 +108,9 @@ def test_load_pretrained_refuses_an_unknown_keyword_before_any_work(no_work):
         vit_hub.load_pretrained("vit_b32_fe", imgsize=384)
     assert str(err.value) == (
         "load_pretrained() got an unexpected keyword argument 'imgsize'. Did you mean "
-        "'image_size'? It takes cache_dir, offline, verify, weights and the model's "
-        f"keyword arguments: {MODEL_KWARGS}, dtype, trainable.")
+        "'image_size'? It takes cache_dir, offline, verify, weights, runtime, precision, "
+        "calibration, min_cosine, threads and the model's keyword arguments: "
+        f"{MODEL_KWARGS}, dtype, trainable.")
     assert isinstance(err.value, TypeError)
     with pytest.raises(ArgumentError, match=r"^load_pretrained\(\) got an unexpected "
                                             r"keyword argument 'cachedir'\. Did you mean "
