@@ -28,6 +28,7 @@ from vit_hub.runtime.openvino_model import (
     check_precision,
     core,
     cpu_capabilities,
+    import_openvino,
 )
 
 # The least cosine similarity to fp32 on the worst held-out image. bf16 keeps 8 bits of
@@ -135,7 +136,7 @@ def trace(model):
     ('images', batch dynamic) and its one output ('output_0')."""
     import keras
 
-    openvino = _openvino()
+    openvino = import_openvino()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.xml")
         signature = [keras.InputSpec(shape=(None, *model.image_size, 3), dtype="float32")]
@@ -154,12 +155,6 @@ def trace(model):
         raise ConfigError(f"The OpenVINO trace of {model.name!r} gives outputs {found}, the "
                           f"model {expected}; this model cannot be traced.")
     return ov_model
-
-
-def _openvino():
-    from vit_hub.runtime.openvino_model import import_openvino
-
-    return import_openvino()
 
 
 def quantize(ov_model, images):
