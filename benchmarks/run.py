@@ -3,6 +3,7 @@
     python benchmarks/run.py --models vit_b32_fe --json out/bench.json
     python benchmarks/run.py compare --json out/compare.json     # every variant
     python benchmarks/run.py embed --json out/embed.json         # vit-embed vs predict
+    python benchmarks/run.py finetune --json out/finetune.json   # fit vs the hub layer
     python benchmarks/run.py --smoke                             # tiny, seconds (CI)
 
 Checkpoints are full-size models in the published format with random weights, built
@@ -821,18 +822,25 @@ def compare(args):
     return rows
 
 
+def first_model(args):
+    """(name, code registering it in a child process) of the first model named: in smoke
+    mode its tiny stand-in, registered here too; no code for a catalogue model."""
+    name = args.models.split(",")[0]
+    if not args.smoke:
+        return name, ""
+    fields, name = smoke_fields(name), f"{name}_smoke"
+    register_smoke(name, fields)
+    return name, (f"import vit_hub; vit_hub.register_variant({SMOKE_VARIANT[0]!r}, "
+                  f"**{SMOKE_VARIANT[1]!r}); vit_hub.register_model({name!r}, {fields!r})")
+
+
 def embed(args):
     """vit-embed (1 and 2 workers) against a plain predict loop: benchmarks/embed.py."""
     sys.path.insert(0, REPO)
     from benchmarks.embed import bench_embed
     from vit_hub.conversion.pipeline import convert_into_cache
 
-    name, register = args.models.split(",")[0], ""
-    if args.smoke:
-        fields, name = smoke_fields(name), f"{name}_smoke"
-        register_smoke(name, fields)
-        register = (f"import vit_hub; vit_hub.register_variant({SMOKE_VARIANT[0]!r}, "
-                    f"**{SMOKE_VARIANT[1]!r}); vit_hub.register_model({name!r}, {fields!r})")
+    name, register = first_model(args)
     source, cache, _ = checkpoint(name)
     convert_into_cache(name, cache_dir=cache, source=source, verify=False)  # once
     result = bench_embed(name, cache, os.path.join(WORK, "embed_images"), register,
@@ -846,9 +854,28 @@ def embed(args):
     return result
 
 
+def finetune(args, host):
+    """The hub trainable layer against vit_hub's fit per backend and precision, and full
+    fine-tuning against LoRA: benchmarks/finetune.py."""
+    from finetune import bench_finetune, print_finetune  # beside this script
+    from vit_hub.conversion.pipeline import convert_into_cache
+
+    name, register = first_model(args)
+    source, cache, entry = checkpoint(name)
+    convert_into_cache(name, cache_dir=cache, source=source, verify=False)  # once
+    arch = entry.architecture
+    result = bench_finetune(name, source, cache, arch.image_size[0], flops_per_image(arch),
+                            host["matmul_gflops_fp32"], register,
+                            rounds=1 if args.smoke else args.repeats,
+                            steps=1 if args.smoke else 5)
+    print_finetune(result)
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="vit_hub benchmarks")
-    parser.add_argument("mode", nargs="?", choices=["models", "compare", "embed"], default="models")
+    parser.add_argument("mode", nargs="?", choices=["models", "compare", "embed", "finetune"],
+                        default="models")
     parser.add_argument("--models", default="vit_b32_fe", help="comma-separated names")
     parser.add_argument("--variants", default=None, help="compare: comma-separated variants")
     parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
@@ -865,6 +892,9 @@ def main(argv=None):
         report = {"compare": compare(args)}
     elif args.mode == "embed":
         report = {"embed": embed(args)}
+    elif args.mode == "finetune":
+        host = machine()
+        report = {"machine": host, "finetune": finetune(args, host)}
     else:
         host = machine()
         print(f"{host['cpu']}, {host['cores']} cores: matmul {host['matmul_gflops_fp32']:.0f} "

@@ -32,9 +32,10 @@ def split(images, labels, validation_fraction=0.2):
     return (images[n_val:], labels[n_val:]), (images[:n_val], labels[:n_val])
 
 
-def plot(history, path, title, phase_boundary=None):
+def plot(history, path, title, phase_boundary=None, branch=None):
     """Loss and accuracy (train and validation) per epoch, as a PNG; a dashed line after
-    epoch `phase_boundary` marks where the backbone was unfrozen."""
+    epoch `phase_boundary` marks where the backbone was unfrozen. `branch`: (label,
+    history) of another second phase from the same boundary, drawn dashed."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -45,6 +46,11 @@ def plot(history, path, title, phase_boundary=None):
     for ax, metric in zip(axes, ["loss", "accuracy"]):
         ax.plot(epochs, history[metric], "o-", label="train")
         ax.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
+        if branch:
+            label, other = branch
+            after = np.arange(phase_boundary + 1, phase_boundary + 1 + len(other[metric]))
+            ax.plot(after, other[metric], "s--", label=f"train, {label}")
+            ax.plot(after, other[f"val_{metric}"], "s--", label=f"validation, {label}")
         if phase_boundary:
             ax.axvline(phase_boundary + 0.5, color="gray", linestyle="--",
                        label="unfrozen")

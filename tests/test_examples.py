@@ -69,6 +69,11 @@ def test_fine_tune_runs_and_saves_a_model_that_reloads(tmp_path, tiny_weights):
     assert all(np.isfinite(history["loss"]))
     assert os.path.isfile(tmp_path / "fine_tuned.keras")
     assert result["reload_max_abs_diff"] < 1e-5
+    lora = result["lora"]  # the second phase again, with LoRA
+    assert len(lora["history"]["loss"]) == 1 and np.isfinite(lora["history"]["loss"]).all()
+    assert 0 < lora["trainable"] < lora["total"] / 2
+    assert os.path.getsize(lora["path"]) < os.path.getsize(tmp_path / "fine_tuned.keras") / 2
+    assert lora["merge_max_abs_diff"] < 1e-5
 
 
 def test_train_from_scratch_runs_and_the_loss_decreases(tmp_path):

@@ -165,3 +165,28 @@ def test_a_misspelt_keyword_is_a_type_error_naming_the_valid_ones(cache):
 def test_an_unknown_handle_is_one_clear_error(cache):
     with pytest.raises(vit_hub.CatalogueError, match="Did you mean 'vit_b8_classification'"):
         vit_hub.KerasLayer("vit_b8_clasification")
+
+
+@needs_training
+def test_lora_through_a_trainable_keras_layer(cache, tmp_path):
+    layer = vit_hub.KerasLayer(TINY_NAME, trainable=True)
+    layer.enable_lora(2)
+    inputs = keras.Input((TINY_IMAGE, TINY_IMAGE, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="new_head")(layer(inputs)))
+    lora = {w.path for w in layer.trainable_weights}
+    assert lora and all("lora_kernel" in path for path in lora)  # the backbone: LoRA only
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(True))
+    images = parity_inputs(TINY_IMAGE, batch=4)
+    before = {w.path: numpy(w).copy() for w in model.weights}
+    model.fit(images, np.array([0, 1, 2, 0]), epochs=2, batch_size=4, verbose=0)
+    moved = {w.path for w in model.weights if not np.array_equal(numpy(w), before[w.path])}
+    assert moved == lora | {"new_head/kernel", "new_head/bias"}
+
+    expected = model.predict(images, verbose=0)
+    model.save(tmp_path / "lora.keras")
+    reloaded = keras.saving.load_model(tmp_path / "lora.keras")
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, atol=1e-6)
+    assert reloaded.layers[1].model.lora == layer.model.lora
+    layer.merge_lora()  # plain kernels, same outputs
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)

@@ -28,6 +28,8 @@ from vit_hub.errors import (
     WeightsError,
 )
 
+from vit_hub.precision import PerformanceWarning
+
 __version__ = "0.1.0"
 
 # Public names defined in modules that import Keras: name -> module.
@@ -130,6 +132,7 @@ __all__ = [
     "CacheError",
     "DownloadError",
     "AccuracyError",
+    "PerformanceWarning",
     *_LAZY,
 ]
 

@@ -74,6 +74,11 @@ class CompiledInference:
         self.model, self.call, self.function = model, call, None
         self.usable = True
 
+    def reset(self):
+        """Traces again at the next call: for a change of the model's structure (LoRA
+        factors added or merged), which a traced function would not see."""
+        self.function, self.usable = None, True
+
     def __call__(self, images):
         if self.function is None:
             self.function = self._build()

@@ -18,6 +18,7 @@ import keras
 
 from vit_hub.architecture import Architecture
 from vit_hub.errors import ArgumentError
+from vit_hub.lora import DEFAULT_TARGET
 
 # What `hub.KerasLayer` passes to the published SavedModels: no extra call arguments, no
 # TF1 tags, and the one serving signature, whose one output is `output_0`.
@@ -37,14 +38,18 @@ class KerasLayer(keras.layers.Layer):
             `output_key='output_0'` or `signature_outputs_as_dict=True`), refused
             otherwise.
         cache_dir, offline: where the converted weights are (see `load_pretrained`).
-        architecture: set by `.keras` loading: build this network with no weights
-            (Keras restores them from the file); users do not pass it.
+        architecture, lora: set by `.keras` loading: build this network with no
+            weights (Keras restores them from the file), with LoRA if it had it; users
+            do not pass them.
+
+    `enable_lora`, `save_lora_weights`, `load_lora_weights` and `merge_lora` act on the
+    network as `VisionTransformer`'s do (`enable_lora` also makes the layer trainable).
     """
 
     def __init__(self, handle, trainable=False, arguments=None, signature=None,
                  signature_outputs_as_dict=None, output_key=None, output_shape=None,
                  tags=None, load_options=None, *, cache_dir=None, offline=None,
-                 architecture=None, **kwargs):
+                 architecture=None, lora=None, **kwargs):
         from vit_hub.model import check_kwargs
 
         valid = [p for p in inspect.signature(KerasLayer.__init__).parameters
@@ -68,7 +73,22 @@ class KerasLayer(keras.layers.Layer):
         self.output_key = output_key
         self.signature_outputs_as_dict = signature_outputs_as_dict
         self.trainable = trainable  # set once the network is there, so it reaches it
+        if lora:
+            self.model.enable_lora(lora["rank"], lora["target"], lora["alpha"])
         self.built = True  # the network is built with its inputs' shape
+
+    def enable_lora(self, rank, target=DEFAULT_TARGET, alpha=None):
+        self.trainable = True  # the layer's own switch, which gates its weights' training
+        self.model.enable_lora(rank, target, alpha)
+
+    def save_lora_weights(self, path):
+        return self.model.save_lora_weights(path)
+
+    def load_lora_weights(self, path):
+        self.model.load_lora_weights(path)
+
+    def merge_lora(self):
+        self.model.merge_lora()
 
     def call(self, inputs, training=None):
         outputs = self.model(inputs, training=training)
@@ -88,6 +108,7 @@ class KerasLayer(keras.layers.Layer):
             "signature_outputs_as_dict": self.signature_outputs_as_dict,
             "output_key": self.output_key,
             "architecture": Architecture.of(self.model).to_dict(),
+            **({"lora": self.model.get_config()["lora"]} if self.model.lora else {}),
         }
 
 

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from vit_hub.architecture import Architecture
-from vit_hub.errors import WeightsError
+from vit_hub.errors import ConfigError, WeightsError
 from vit_hub.files import atomic_path
 from vit_hub.resize import resize
 
@@ -89,6 +89,10 @@ def assign(model, tensors, source="weights file", names=None):
 
 def save_weights_file(model, path):
     """Writes `model`'s weights to `path` atomically (temporary file, then rename)."""
+    if getattr(model, "lora", None):
+        raise ConfigError(f"{model.name!r} has LoRA adapters, which a weights file does not "
+                          "hold: call model.merge_lora() first (the file then holds the "
+                          "adapted kernels), or save_lora_weights() for the adapters alone.")
     variables = native_variables(model)
     return write_weights_file(path, {k: np.asarray(v) for k, v in variables.items()},
                               Architecture.of(model))
