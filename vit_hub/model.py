@@ -274,7 +274,7 @@ class VisionTransformer(keras.Model):
     def compile(self, *args, jit_compile="auto", **kwargs):
         """As `keras.Model.compile`, but `jit_compile='auto'` on TensorFlow at float32 means
         XLA: Keras leaves it off on CPU-only machines, where a ViT's training step is
-        then 1.7x slower (ViT-B/32, batch 16: 6.8 s vs 4.0 s here; see the README). Not
+        then 1.9x slower (ViT-B/32, batch 16: 6.46 s vs 3.45 s here; see the README). Not
         for bf16: oneDNN's graph path computes it at the CPU's bf16 rate, XLA:CPU does not.
         """
         if (jit_compile == "auto" and keras.backend.backend() == "tensorflow"
