@@ -19,18 +19,18 @@ _NAME = re.compile(r"[a-z0-9_]+")
 def image_hw(image_size):
     """(height, width) of an image size given as an int or a pair: the one place where
     image sizes are normalised. Raises ConfigError for anything else."""
-    pair = (image_size, image_size) if _is_int(image_size) else image_size
+    pair = (image_size, image_size) if is_int(image_size) else image_size
     try:
         height, width = pair
     except (TypeError, ValueError):
         height = width = None
-    if not (_is_int(height) and _is_int(width) and height > 0 and width > 0):
+    if not (is_int(height) and is_int(width) and height > 0 and width > 0):
         raise ConfigError(f"image_size must be a positive int or a (height, width) pair of "
                           f"positive ints, got {image_size!r}.")
     return int(height), int(width)
 
 
-def _is_int(value):
+def is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -61,7 +61,7 @@ class Architecture:
         object.__setattr__(self, "include_top", bool(self.include_top))
         object.__setattr__(self, "resnet_units", check_resnet_units(self.resnet_units))
         bad = [f"{field} {getattr(self, field)!r}" for field in _SHAPE_FIELDS + ("num_classes",)
-               if not _is_int(getattr(self, field)) or getattr(self, field) <= 0]
+               if not is_int(getattr(self, field)) or getattr(self, field) <= 0]
         if bad:
             raise ConfigError(f"Architecture fields must be positive ints: {', '.join(bad)}.")
         if self.hidden_dim % self.num_heads:
@@ -131,7 +131,7 @@ RESNET_WIDTH = 64  # channels of the root conv; stage s has 64 * 2**(s-1) per un
 def check_resnet_units(units):
     """`units` as a tuple: () for a plain ViT, or the 4 stages' bottleneck units."""
     units = tuple(units or ())
-    if units and (len(units) != 4 or not all(_is_int(n) and n > 0 for n in units)):
+    if units and (len(units) != 4 or not all(is_int(n) and n > 0 for n in units)):
         raise ConfigError(f"resnet_units must be 4 positive ints (units per ResNet stage, "
                           f"e.g. (2, 2, 2, 2) for R26, (3, 4, 6, 3) for R50), got {units!r}.")
     return tuple(int(n) for n in units)

@@ -16,9 +16,8 @@ import json
 import os
 
 import keras
-import numpy as np
 
-from vit_hub.architecture import Architecture, suggest
+from vit_hub.architecture import Architecture, is_int, suggest
 from vit_hub.errors import ConfigError, WeightsError
 from vit_hub.files import atomic_path
 
@@ -40,7 +39,7 @@ FACTORS = ("lora_kernel_a", "lora_kernel_b")
 
 
 def check_rank(rank):
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+    if not is_int(rank) or rank < 1:
         raise ConfigError(f"LoRA rank must be an int >= 1, got {rank!r}: ranks 4 to 16 are "
                           "usual (the adapters' size grows with it).")
     return int(rank)
