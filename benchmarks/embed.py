@@ -35,7 +35,7 @@ np.save(out, np.concatenate(outputs))
 CLI = r"""
 import sys
 {register}
-from vit_hub.{module}.cli import main
+from vit_hub.cli.{module} import main
 sys.exit(main(sys.argv[1:]))
 """
 # (key, workers, runtime) of each vit-embed command timed.
@@ -78,7 +78,7 @@ def bench_embed(name, cache, images_folder, register="", count=512, batch=32, re
     paths = write_images(folder, count)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "VIT_HUB_OFFLINE": "1"}
     # The IR is built once, untimed, as a user would before going offline.
-    run(CLI.format(register=register, module="conversion"),
+    run(CLI.format(register=register, module="convert_weights"),
         [name, "--cache-dir", cache, "--runtime", "openvino"], env)
     seconds = {"predict_loop": [], **{key: [] for key, _, _ in EMBEDS}}
     difference = {}
@@ -89,7 +89,7 @@ def bench_embed(name, cache, images_folder, register="", count=512, batch=32, re
                                                [name, folder, cache, str(batch), expected], env)[0])
             for key, workers, runtime in EMBEDS:
                 out = os.path.join(tmp, f"{key}-{round_}")
-                seconds[key].append(run(CLI.format(register=register, module="embed"), [
+                seconds[key].append(run(CLI.format(register=register, module="vit_embed"), [
                     name, folder, "--output", out, "--cache-dir", cache, "--offline",
                     "--workers", str(workers), "--batch-size", str(batch),
                     "--runtime", runtime], env)[0])

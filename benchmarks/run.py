@@ -396,7 +396,7 @@ def openvino_contenders(native):
     import vit_hub
     from vit_hub.errors import AccuracyError
     from vit_hub.runtime.convert import check_gate
-    from vit_hub.runtime.openvino_model import cpu_capabilities
+    from vit_hub.runtime.engine import cpu_capabilities
 
     info = {"capabilities": cpu_capabilities(), "cpu_flags": cpu_flags()}
     models = {}
@@ -836,8 +836,7 @@ def first_model(args):
 
 def embed(args):
     """vit-embed (1 and 2 workers) against a plain predict loop: benchmarks/embed.py."""
-    sys.path.insert(0, REPO)
-    from benchmarks.embed import bench_embed
+    from embed import bench_embed  # beside this script
     from vit_hub.conversion.pipeline import convert_into_cache
 
     name, register = first_model(args)

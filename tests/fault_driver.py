@@ -3,7 +3,7 @@ tests/fault_support.py): `convert-weights` or `load_pretrained` with the test ca
 registered, optionally stopping at a named point so that the parent can kill it there
 (SIGKILL) at a known moment.
 
-    python -m tests.fault_driver cli ARG...     # vit_hub.conversion.cli.main([ARG...])
+    python -m tests.fault_driver cli ARG...     # vit_hub.cli.convert_weights.main([ARG...])
     python -m tests.fault_driver load NAME      # vit_hub.load_pretrained(NAME)
 
 Nothing here is a hook in the production code: the points are made by wrapping library
@@ -163,14 +163,14 @@ def barrier():
 
 def main(argv):
     mode, args = argv[0], argv[1:]
-    import vit_hub.conversion.cli
+    import vit_hub.cli.convert_weights
     import vit_hub
 
     register_catalogue()
     install_points()
     barrier()
     if mode == "cli":
-        return vit_hub.conversion.cli.main(args)
+        return vit_hub.cli.convert_weights.main(args)
     if mode == "load":
         model = vit_hub.load_pretrained(args[0])
         print(json.dumps({"name": args[0], "output_shape": list(model.output_shape)}))

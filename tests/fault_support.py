@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 import vit_hub
-import vit_hub.conversion.cli
+import vit_hub.cli.convert_weights
 from tests.conftest import CATALOGUE, TINY_HANDLE, TINY_IMAGE, TINY_NAME
 from tests.kaggle_server import FakeKaggle, kaggle_env, lay_out_kagglehub_cache
 from vit_hub.cache import CacheEntry
@@ -204,7 +204,7 @@ def kill_9(process):
 def cli(capsys, *args):
     """`convert-weights ARGS` in this process: (exit status, stdout, stderr)."""
     try:
-        code = vit_hub.conversion.cli.main([str(a) for a in args])
+        code = vit_hub.cli.convert_weights.main([str(a) for a in args])
     except SystemExit as exit_:  # argparse's usage errors
         code = exit_.code
     out, err = capsys.readouterr()

@@ -131,7 +131,7 @@ BAD_INPUTS = {
     "image-floats-0-255": (lambda c: vit_hub.preprocess(_image((32, 32, 3), np.float32, 200)),
                            ValueError, r"values in \[200, 200\]: float images must be in \[0, 1\]"),
     "image-file-not-an-image": (lambda c: vit_hub.preprocess(c.inputs / "notes.txt"),
-                                ValueError, r"notes\.txt is not a readable JPEG, PNG, GIF, BMP or WebP image"),
+                                ValueError, r"notes\.txt is not a readable JPEG, PNG, GIF, BMP, TIFF or WebP image"),
     "image-file-missing": (lambda c: vit_hub.preprocess(c.inputs / "nope.png"),
                            FileNotFoundError, r"^No image file at .*nope\.png"),
     "logits-of-another-head": (lambda c: vit_hub.decode_predictions(np.zeros((2, 10))),

@@ -92,7 +92,7 @@ def test_preprocess_rejects_bad_input(bad, error, match):
 def test_preprocess_rejects_a_file_that_is_not_an_image(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("not an image")
-    with pytest.raises(ValueError, match="not a readable JPEG, PNG, GIF, BMP or WebP image"):
+    with pytest.raises(ValueError, match="not a readable JPEG, PNG, GIF, BMP, TIFF or WebP image"):
         vit_hub.preprocess(str(path))
 
 

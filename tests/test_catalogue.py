@@ -83,11 +83,11 @@ def test_the_manifest_is_installed_and_the_wheel_holds_one_package(tmp_path):
                                          if n.endswith("entry_points.txt"))).decode()
     assert {t for t in tops if not t.endswith(".dist-info")} == {"vit_hub"}
     assert json.loads(shipped) == json.load(open(os.path.join(REPO, "weights_manifest.json")))
-    assert "convert-weights = vit_hub.conversion.cli:main" in entry_points
+    assert "convert-weights = vit_hub.cli.convert_weights:main" in entry_points
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(target), str(wheel)], check=True)
-    probe = ("import importlib.util, vit_hub, vit_hub.conversion.cli; "
+    probe = ("import importlib.util, vit_hub, vit_hub.cli.convert_weights; "
              "print(vit_hub.__file__); print(importlib.util.find_spec('converters'))")
     done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
                            f"{str(target)!r}); {probe}"], capture_output=True, text=True,
@@ -210,7 +210,7 @@ HEAVY_OR_RAY = HEAVY.replace("'kagglehub')", "'kagglehub', 'ray', 'pyarrow')")
 @pytest.mark.parametrize("argv", [["--help"], ["--list"], [], ["vit_b32_fx"],
                                   ["vit_b32_fe", "--source", "/nonexistent"]])
 def test_convert_weights_answers_help_list_and_usage_errors_without_a_framework(argv):
-    done = run_python(f"import sys; from vit_hub.conversion.cli import main\n"
+    done = run_python(f"import sys; from vit_hub.cli.convert_weights import main\n"
                       f"try:\n    code = main({argv!r})\nexcept SystemExit as exit:\n"
                       f"    code = exit.code\nprint('CODE', code, {HEAVY})")
     assert done.returncode == 0, done.stderr
@@ -220,7 +220,7 @@ def test_convert_weights_answers_help_list_and_usage_errors_without_a_framework(
 @pytest.mark.parametrize("argv", [["--help"], [], ["vit_b32_fe", "photos", "-o", "out",
                                                    "--workers", "0"]])
 def test_vit_embed_answers_help_and_usage_errors_without_a_framework_or_ray(argv):
-    done = run_python(f"import sys; from vit_hub.embed.cli import main\n"
+    done = run_python(f"import sys; from vit_hub.cli.vit_embed import main\n"
                       f"try:\n    code = main({argv!r})\nexcept SystemExit as exit:\n"
                       f"    code = exit.code\n"
                       f"print('CODE', code, {HEAVY_OR_RAY})")

@@ -346,7 +346,7 @@ def test_reduced_precision_is_refused_before_any_work_or_recorded(cache, photos,
     """bf16 needs a CPU with bf16 instructions; the tiny random-weight model's int8 misses
     the default gate (cosine 0.99) and passes a looser one."""
     import vit_hub
-    from vit_hub.runtime.openvino_model import cpu_capabilities
+    from vit_hub.runtime.engine import cpu_capabilities
 
     kwargs = dict(runtime="openvino", precision=precision, shard_size=5, cache_dir=cache,
                   offline=False, progress=False)
@@ -443,7 +443,7 @@ def test_bad_input_is_refused_before_any_work(cache, photos, tmp_path, case):
 def test_the_cli_embeds_and_says_what_it_did(cache, photos, tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
     register = "import tests.conftest; "  # the tiny catalogue, as a user registers one
-    command = [sys.executable, "-c", register + "import sys; from vit_hub.embed.cli import "
+    command = [sys.executable, "-c", register + "import sys; from vit_hub.cli.vit_embed import "
                "main; sys.exit(main())"]
     done = subprocess.run([*command, TINY_NAME, str(photos), "--output", str(tmp_path / "o"),
                            "--cache-dir", cache, "--offline", "--workers", "2"],

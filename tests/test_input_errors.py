@@ -1,8 +1,12 @@
 """Mistakes in what is passed in, each a clear error (its text asserted) raised before any
 work: a misspelt keyword argument (VisionTransformer, create_vit, load_pretrained,
-load_weights), integer images given to a model (every way into it: call, predict,
-extract_features, encode), a cache folder that is a file or cannot be read, and a
-VIT_HUB_OFFLINE value that means neither on nor off."""
+load_weights); images given to a model that it would compute wrongly (integers, floats
+0..255, NaN, files, a wrong shape, on every way into it: call, predict, fit, evaluate,
+the *_on_batch methods, extract_features, encode, attention maps); image files whose
+pixels are not 8-bit, read by their own range or refused by mode; architecture fields and
+settings that cannot be; dtypes that are not float policies; flags that are not bools; a
+cache folder that is a file or cannot be read; and a VIT_HUB_OFFLINE value that means
+neither on nor off. The model-input tests run on every backend."""
 
 import json
 import os
@@ -19,7 +23,7 @@ import vit_hub
 import vit_hub.conversion.download
 import vit_hub.conversion.pipeline
 import vit_hub.pretrained
-from tests.conftest import TINY, TINY_IMAGE, TINY_NAME
+from tests.conftest import BACKEND, TINY, TINY_IMAGE, TINY_NAME
 from vit_hub.cache import CacheEntry, is_offline
 from vit_hub.errors import (
     ArgumentError,
@@ -373,3 +377,344 @@ def test_load_pretrained_with_a_bad_offline_value_fails_before_any_download(
     assert not (tmp_path / "cache").exists()
     with pytest.raises(CacheError, match="is not in the vit_hub cache"):
         vit_hub.load_pretrained(TINY_NAME, cache_dir=tmp_path / "cache", offline=True)
+
+
+# === Images whose pixels are not 8-bit: each PIL mode read by its own range ===
+
+
+GRADIENT = np.linspace(0, 1, 48 * 64).reshape(48, 64)  # (H, W) in [0, 1]
+
+
+def _saved(tmp_path, name, pixels):
+    """`pixels` written to an image file of the mode their dtype gives (uint16: I;16,
+    int32: I, float32: F)."""
+    from PIL import Image
+
+    path = tmp_path / name
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_a_16_bit_png_reads_as_its_8_bit_twin(tmp_path):
+    sixteen = _saved(tmp_path, "g16.png", np.round(GRADIENT * 65535).astype(np.uint16))
+    eight = _saved(tmp_path, "g8.png", np.round(GRADIENT * 255).astype(np.uint8))
+    full = vit_hub.preprocess(str(sixteen), image_size=(48, 64))
+    assert full.min() == -1.0 and full.max() == 1.0
+    # 8-bit rounding apart (1/255 of the range is 2/255 in [-1, 1]), the same image.
+    np.testing.assert_allclose(full, vit_hub.preprocess(str(eight), image_size=(48, 64)),
+                               atol=1 / 255, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L"])
+def test_16_bit_pil_images_use_the_16_bit_range(mode):
+    from PIL import Image
+
+    order = ">" if mode == "I;16B" else "<"  # (PIL's convert() clips them to 8 bits)
+    pixels = np.round(GRADIENT * 65535).astype(f"{order}u2")
+    image = Image.frombytes(mode, (64, 48), pixels.tobytes())
+    out = vit_hub.preprocess(image, image_size=(48, 64))
+    np.testing.assert_allclose(out[0, ..., 0], GRADIENT * 2 - 1, atol=1e-4, rtol=0)
+
+
+def test_a_float_tiff_in_0_1_reads_as_its_values(tmp_path):
+    path = _saved(tmp_path, "f.tiff", GRADIENT.astype(np.float32))
+    out = vit_hub.preprocess(str(path), image_size=(48, 64))
+    np.testing.assert_allclose(out[0, ..., 1], GRADIENT * 2 - 1, atol=1e-6, rtol=0)
+
+
+def test_a_float_tiff_outside_0_1_is_refused(tmp_path):
+    path = _saved(tmp_path, "f255.tiff", (GRADIENT * 255).astype(np.float32))
+    with pytest.raises(vit_hub.ImageError, match=r"\(PIL mode F\) is float with values in "
+                                                r"\[0, 255\]: float images must be in \[0, 1\]"):
+        vit_hub.preprocess(str(path))
+
+
+def test_a_32_bit_integer_tiff_uses_the_32_bit_range(tmp_path):
+    top = 2 ** 31 - 1
+    path = _saved(tmp_path, "i32.tiff", np.round(GRADIENT * top).astype(np.int32))
+    out = vit_hub.preprocess(str(path), image_size=(48, 64))
+    np.testing.assert_allclose(out[0, ..., 2], GRADIENT * 2 - 1, atol=1e-6, rtol=0)
+    negative = _saved(tmp_path, "neg.tiff", np.full((4, 4), -5, np.int32))
+    with pytest.raises(vit_hub.ImageError, match=r"neg\.tiff is a 32-bit integer image \(PIL "
+                                                r"mode I\) with negative values"):
+        vit_hub.preprocess(str(negative))
+
+
+# White, as each 8-bit mode writes it (CMYK: no ink; YCbCr, LAB: full luma, neutral
+# chroma; HSV: no saturation, full value); with alpha, opaque and transparent alike.
+WHITE = {"1": 1, "L": 255, "P": 0, "RGB": (255,) * 3, "RGBX": (255,) * 4,
+         "RGBA": (255, 255, 255, 0), "RGBa": (255, 255, 255, 255), "LA": (255, 128),
+         "La": (255, 255), "PA": (0, 200), "CMYK": (0, 0, 0, 0), "YCbCr": (255, 128, 128),
+         "LAB": (255, 128, 128), "HSV": (0, 0, 255)}
+
+
+@pytest.mark.parametrize("mode", list(WHITE))
+def test_every_8_bit_mode_reads_white_as_white(mode):
+    from PIL import Image
+
+    image = Image.new(mode, (16, 16), WHITE[mode])
+    if mode in ("P", "PA"):
+        image.putpalette([255, 255, 255] * 256)
+    out = vit_hub.preprocess(image, image_size=16)
+    np.testing.assert_allclose(out, 1.0, atol=0.01)  # LAB's conversion: 1 level off
+
+
+def test_alpha_is_dropped_as_the_checkpoints_pipeline_dropped_it():
+    from PIL import Image
+
+    rgb = (np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8)
+    alpha = np.random.default_rng(1).integers(0, 256, (8, 8, 1), dtype=np.uint8)
+    rgba = Image.fromarray(np.concatenate([rgb, alpha], -1), mode="RGBA")
+    np.testing.assert_array_equal(vit_hub.preprocess(rgba, image_size=8),
+                                  vit_hub.preprocess(rgb, image_size=8))
+
+
+def test_a_mode_with_no_known_range_is_refused_by_name():
+    from PIL import Image
+
+    image = Image.new("RGB", (4, 4))
+    image._mode = "BGR;15"  # (no such image can be made any more; one may be read)
+    with pytest.raises(vit_hub.ImageError, match=r"^PIL image has PIL mode 'BGR;15', whose "
+                                                r"pixels have no range vit_hub knows"):
+        vit_hub.preprocess(image)
+
+
+def test_16_bit_arrays_are_refused_with_the_scaling_to_use():
+    with pytest.raises(ImageTypeError, match=r"has dtype uint16: pass uint8 \(0\.\.255\) or "
+                                             r"floats in \[0, 1\] \(a full-range 16-bit image: "
+                                             r"image / 65535 gives floats in \[0, 1\]\)"):
+        vit_hub.preprocess(np.zeros((8, 8, 3), np.uint16))
+
+
+# === Model inputs: 0..255 floats, NaN, the wrong shape, files: refused before work ===
+
+
+def _floats_0_255():
+    return np.random.default_rng(0).uniform(0, 255, (2, TINY_IMAGE, TINY_IMAGE, 3)).astype(
+        np.float32)
+
+
+FLOAT_CALLS = {
+    **{key: CALLS[key] for key in ("call", "predict", "predict_on_batch", "extract_features",
+                                   "encode")},
+    "call-tensor": lambda m, x: m(keras.ops.convert_to_tensor(x)),
+    "call-training": lambda m, x: m(x, training=True),
+    "attention_maps": lambda m, x: vit_hub.attention_maps(m, x),
+}
+TRAINING_CALLS = {
+    "fit": lambda m, x: m.fit(x, np.zeros((len(x), 4)), verbose=0),
+    "evaluate": lambda m, x: m.evaluate(x, np.zeros((len(x), 4)), verbose=0),
+    "train_on_batch": lambda m, x: m.train_on_batch(x, np.zeros((len(x), 4))),
+    "test_on_batch": lambda m, x: m.test_on_batch(x, np.zeros((len(x), 4))),
+}
+PIXELS_0_255 = (r"^Model 'tiny' got images with values in \[0\.\d+, 255\]: the model takes "
+                r"float32 in \[-1, 1\] \(values beyond \+-2\.5 are refused\)\. They look like "
+                r"pixels 0\.\.255: pass them through vit_hub\.preprocess\(images\)")
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("call", list(FLOAT_CALLS) + list(TRAINING_CALLS))
+def test_float_pixels_0_255_are_refused(model, call):
+    if call in TRAINING_CALLS:
+        if BACKEND == "openvino":
+            pytest.skip("Keras' openvino backend does inference only")
+        model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(vit_hub.ImageError, match=PIXELS_0_255):
+        {**FLOAT_CALLS, **TRAINING_CALLS}[call](model, _floats_0_255())
+
+
+@pytest.mark.backends
+def test_the_margin_takes_resampling_overshoot_and_no_more(model):
+    from PIL import Image
+
+    # A sharp edge enlarged with Lanczos (PIL) rings beyond [-1, 1]; still taken.
+    edge = np.zeros((8, 8), np.float32)
+    edge[:, 4:] = 1
+    lanczos = np.asarray(Image.fromarray(edge).resize((TINY_IMAGE, TINY_IMAGE),
+                                                      Image.LANCZOS)) * 2 - 1
+    lanczos = np.repeat(lanczos[None, ..., None], 3, axis=-1)
+    assert lanczos.max() > 1.1 and lanczos.min() < -1.1  # (it does overshoot)
+    model(lanczos.astype(np.float32))
+    edge = np.full((1, TINY_IMAGE, TINY_IMAGE, 3), 2.5, np.float32)
+    model(edge)
+    model(-edge)
+    with pytest.raises(vit_hub.ImageError, match=r"values in \[-2\.6, -2\.6\]"):
+        model(-edge - 0.1)
+    with pytest.raises(vit_hub.ImageError, match=r"values in \[2\.6, 2\.6\]"):
+        model(edge + 0.1)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_images_are_refused(model, value):
+    images = np.zeros((1, TINY_IMAGE, TINY_IMAGE, 3), np.float32)
+    images[0, 3, 4, 1] = value
+    with pytest.raises(vit_hub.ImageError, match=r"^Model 'tiny' got images containing NaN "
+                                                r"or infinite values\.$"):
+        model(images)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("shape,hint", [
+    ((1, 2 * TINY_IMAGE, 2 * TINY_IMAGE, 3), ""),
+    ((1, TINY_IMAGE, TINY_IMAGE, 1), ""),
+    ((TINY_IMAGE, TINY_IMAGE, 3), " (one image: add the batch axis, images[None])"),
+    ((1, 1, TINY_IMAGE, TINY_IMAGE, 3), ""),
+])
+@pytest.mark.parametrize("call", ["call", "predict", "predict_on_batch", "encode"])
+def test_a_batch_of_the_wrong_shape_names_the_expected_one(model, shape, hint, call):
+    with pytest.raises(vit_hub.ImageError) as err:
+        CALLS[call](model, np.zeros(shape, np.float32))
+    assert str(err.value) == (
+        f"Model 'tiny' takes a batch (B, {TINY_IMAGE}, {TINY_IMAGE}, 3) in [-1, 1], got shape "
+        f"{shape}{hint}; vit_hub.preprocess(images, image_size={TINY_IMAGE}) makes one.")
+
+
+WRONG_SHAPE = """
+import sys
+import numpy as np, vit_hub
+model = vit_hub.VisionTransformer(image_size=32, patch_size=8, hidden_dim=32, num_layers=1,
+                                  num_heads=4, mlp_dim=64, name="tiny")
+model(np.zeros((1, 32, 32, 3), np.float32))  # compiled once, at the right shape
+sys.stderr.write("-- calls --\\n")
+sys.stderr.flush()
+for shape in [(1, 64, 64, 3), (2, 32, 32, 1), (3, 40, 32, 3)]:
+    for call in (model, model.predict_on_batch):
+        try:
+            call(np.zeros(shape, np.float32))
+        except vit_hub.ImageError as err:
+            print(err)
+"""
+
+
+@pytest.mark.backends
+def test_a_wrong_shape_writes_nothing_to_stderr():
+    done = subprocess.run([sys.executable, "-c", WRONG_SHAPE], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.split("-- calls --\n", 1)[1] == ""
+    assert done.stdout.count("Model 'tiny' takes a batch (B, 32, 32, 3)") == 6
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("images", ["photo.jpg", ["a.jpg", "b.png"], "pil"])
+def test_files_given_to_the_model_say_to_preprocess(model, images):
+    from PIL import Image
+
+    images = Image.new("RGB", (8, 8)) if images == "pil" else images
+    with pytest.raises(ImageTypeError, match=r"it takes a float32 batch \(B, 32, 32, 3\) in "
+                                             r"\[-1, 1\]; read and scale image files with "
+                                             r"vit_hub\.preprocess\(paths, image_size=32\)"):
+        model(images)
+
+
+@pytest.mark.backends
+def test_attention_maps_take_what_preprocess_takes(model, tmp_path):
+    from PIL import Image
+
+    pixels = (np.random.default_rng(2).random((2, 40, 50, 3)) * 255).astype(np.uint8)
+    paths = [str(_saved(tmp_path, f"{i}.png", p)) for i, p in enumerate(pixels)]
+    expected = vit_hub.attention_maps(model, vit_hub.preprocess(paths, TINY_IMAGE))
+    for given in (paths, [Image.open(p) for p in paths], pixels[0:1], paths[0]):
+        maps = vit_hub.attention_maps(model, given)
+        np.testing.assert_allclose(maps[0], expected[0][:len(maps[0])], atol=1e-5, rtol=0)
+    outputs = vit_hub.intermediate_outputs(model, paths)
+    assert outputs[0].shape == (2, (TINY_IMAGE // TINY["patch_size"]) ** 2 + 1,
+                                TINY["hidden_dim"])
+
+
+# === Architecture fields that cannot be: ConfigError naming the field ===
+
+
+TINY_FIELDS = dict(image_size=TINY_IMAGE, **TINY)
+FIELD_ERROR = ("{field}={value!r}: patch_size, hidden_dim, num_layers, num_heads, mlp_dim "
+               "and num_classes must be positive ints")
+BUILDERS = {
+    "VisionTransformer": lambda **fields: vit_hub.VisionTransformer(**fields),
+    "create_vit": lambda **fields: vit_hub.create_vit("vit_ti16", **fields),
+    "register_variant": lambda **fields: vit_hub.register_variant(
+        "vit_bad", overwrite=True, **{k: v for k, v in fields.items() if k != "image_size"}),
+}
+
+
+@pytest.mark.parametrize("builder", list(BUILDERS))
+@pytest.mark.parametrize("field,value", [
+    ("patch_size", 0), ("num_heads", 0), ("hidden_dim", 0), ("mlp_dim", 0),
+    ("num_layers", 0), ("num_layers", -1), ("patch_size", -8), ("hidden_dim", 32.0),
+    ("num_heads", True), ("mlp_dim", "64"), ("num_layers", None),
+])
+def test_impossible_architecture_fields_are_a_config_error(builder, field, value):
+    with pytest.raises(ConfigError) as err:
+        BUILDERS[builder](**{**TINY_FIELDS, field: value})
+    assert str(err.value).startswith(FIELD_ERROR.format(field=field, value=value))
+    assert field not in vit_hub.list_variants() and "vit_bad" not in vit_hub.list_variants()
+
+
+@pytest.mark.parametrize("field,value,text", [
+    ("num_classes", 0, FIELD_ERROR.format(field="num_classes", value=0)),
+    ("num_heads", 3, "hidden_dim (32) must be divisible by num_heads (3)."),
+    ("dropout", 1.0, "dropout must be a rate in [0, 1), got 1.0."),
+    ("attention_dropout", -0.1, "attention_dropout must be a rate in [0, 1), got -0.1."),
+    ("layer_norm_epsilon", 0, "layer_norm_epsilon must be a positive float"),
+    ("classifier_activation", "softmaxx", "classifier_activation 'softmaxx' is not a Keras "
+                                          "activation"),
+    ("image_size", 0, "image_size must be a positive int"),
+])
+def test_other_impossible_model_settings_are_a_config_error(field, value, text):
+    for builder in ("VisionTransformer", "create_vit"):
+        with pytest.raises(ConfigError) as err:
+            BUILDERS[builder](**{**TINY_FIELDS, field: value})
+        assert str(err.value).startswith(text)
+
+
+# === dtype policies, flags ===
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "float8", "uint8", "int32", "float31",
+                                   "mixed_int8"])
+def test_a_dtype_that_is_not_a_float_policy_says_where_int8_lives(dtype, tmp_path):
+    text = (f"dtype {dtype!r} is not a float policy: a VisionTransformer computes in "
+            "'float32' (the default), 'bfloat16' or 'float16', or in 'mixed_bfloat16' or "
+            "'mixed_float16' (float32 weights). Quantized (int8) inference is the OpenVINO "
+            "runtime: vit_hub.load_pretrained(name, runtime='openvino', precision='int8'), "
+            "or vit_hub.to_openvino(model, precision='int8').")
+    with pytest.raises(ConfigError) as err:
+        vit_hub.VisionTransformer(**TINY_FIELDS, dtype=dtype)
+    assert str(err.value) == text
+    # load_pretrained: refused before anything is downloaded (an empty cache, online).
+    with pytest.raises(ConfigError) as err:
+        vit_hub.load_pretrained(TINY_NAME, cache_dir=tmp_path / "cache", offline=True,
+                                dtype=dtype)
+    assert str(err.value) == text
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "mixed_bfloat16",
+                                   "mixed_float16"])
+def test_float_policies_are_taken(dtype):
+    model = vit_hub.VisionTransformer(**TINY_FIELDS, dtype=dtype)
+    assert model.dtype_policy.name == dtype
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, None, "False", np.float32(1)])
+def test_flags_that_are_not_bools_are_a_type_error(value, no_work):
+    for build, name in [
+            (lambda: vit_hub.KerasLayer(TINY_NAME, trainable=value), "trainable"),
+            (lambda: vit_hub.VisionTransformer(**TINY_FIELDS, trainable=value), "trainable"),
+            (lambda: vit_hub.VisionTransformer(**TINY_FIELDS, include_top=value),
+             "include_top"),
+            (lambda: vit_hub.load_pretrained(TINY_NAME, verify=value), "verify")]:
+        with pytest.raises(ArgumentError, match=rf"^{name} must be True or False, got "
+                                                rf"{re.escape(repr(value))}\.$"):
+            build()
+    if value is not None:
+        with pytest.raises(ArgumentError, match=r"^offline must be True or False or None"):
+            vit_hub.load_pretrained(TINY_NAME, offline=value)
+    assert isinstance(ArgumentError(""), TypeError)
+
+
+def test_the_openvino_runtime_refuses_them_too(model):
+    fast = vit_hub.to_openvino(model)
+    with pytest.raises(vit_hub.ImageError, match=PIXELS_0_255.replace("Model", "OpenVINO model")):
+        fast(_floats_0_255())
+    with pytest.raises(vit_hub.ImageError, match=r"takes a batch \(B, 32, 32, 3\)"):
+        fast.predict(np.zeros((2, 64, 64, 3), np.float32))

@@ -1,8 +1,9 @@
 """vit_hub.KerasLayer, the drop-in for hub.KerasLayer under Keras 3.
 
 The seed's flow (`tf.keras.Sequential([hub.KerasLayer(URL)])`, Kaggle's ViT-B/8
-classifier) runs with only the import changed, on a cache filled from a full-size
-test-built checkpoint in the published format: predictions equal the hub model's, a
+classifier; in CI a tiny classifier, the full-size one with the slow tests) runs with only
+the import changed, on a cache filled from a test-built checkpoint in the published
+format: predictions equal the hub model's, a
 trainable layer fine-tunes the backbone, and the saved model reloads offline with an
 empty cache. The tiny models cover the hub arguments and the frozen default.
 """
@@ -35,15 +36,16 @@ def caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("keras_layer")
     builds = {TINY_NAME: (tiny_hub_config(), "fe"),
               TINY_CLASSIFICATION: (tiny_hub_config(), "classification")}
-    if BACKEND == "tensorflow":  # only the seed's flow uses it
-        builds["vit_b8_classification"] = (published_format.ARCHS["b8"], "classification")
-    sources = {}
-    for name, (config, kind) in builds.items():
-        params = published_format.init_params(config, kind, seed=7)
-        sources[name] = published_format.export_saved_model(params, config, kind,
-                                                            str(root / name))
-        convert_into_cache(name, cache_dir=root / "cache", source=sources[name])
-    return root / "cache", sources
+    return root / "cache", {name: _build(root, name, *build) for name, build in builds.items()}
+
+
+def _build(root, name, config, kind):
+    """A test-built checkpoint of `name` in the published format, converted into the
+    cache under `root`; its SavedModel folder."""
+    params = published_format.init_params(config, kind, seed=7)
+    source = published_format.export_saved_model(params, config, kind, str(root / name))
+    convert_into_cache(name, cache_dir=root / "cache", source=source)
+    return source
 
 
 @pytest.fixture
@@ -53,23 +55,36 @@ def cache(caches, monkeypatch):
     return caches
 
 
-@tensorflow_only  # the seed's tf.keras code, and a full-size B/8: once is enough
-def test_the_seeds_sequential_flow_with_only_the_import_changed(cache, tmp_path):
+TINY_SEED_URL = ("https://www.kaggle.com/models/spsayakpaul/vision-transformer/TensorFlow2/"
+                 "vit-tiny8-classification/1")
+
+
+@tensorflow_only  # the seed's tf.keras code: once is enough
+@pytest.mark.parametrize("url,name,size", [
+    pytest.param(TINY_SEED_URL, TINY_CLASSIFICATION, TINY_IMAGE, id="tiny"),
+    # The seed's own model, full size: ~2 min here, so run with the slow ones.
+    pytest.param(SEED_URL, "vit_b8_classification", 224, marks=pytest.mark.slow, id="vit_b8"),
+])
+def test_the_seeds_sequential_flow_with_only_the_import_changed(cache, tmp_path, url, name,
+                                                                size):
     import tensorflow as tf
 
     import vit_hub as hub  # the one changed line: was `import tensorflow_hub as hub`
 
-    images = parity_inputs(224, batch=2)
-    model = tf.keras.Sequential([hub.KerasLayer(SEED_URL)])
+    if name not in cache[1]:
+        cache[1][name] = _build(cache[0].parent, name, published_format.ARCHS["b8"],
+                                "classification")
+    images = parity_inputs(size, batch=2)
+    model = tf.keras.Sequential([hub.KerasLayer(url)])
     predictions = model.predict(images, verbose=0)
-    hub_predictions = hub_outputs(cache[1]["vit_b8_classification"], images)
+    hub_predictions = hub_outputs(cache[1][name], images)
     assert predictions.shape == (2, 1000)
     assert np.abs(predictions - hub_predictions).max() <= TOLERANCE * max(
         1.0, np.abs(hub_predictions).max())
     assert model.trainable_weights == []  # frozen by default, as hub.KerasLayer
 
     # Fine-tuning: the classifier itself, which the hub layer cannot train.
-    tuned = tf.keras.Sequential([hub.KerasLayer(SEED_URL, trainable=True)])
+    tuned = tf.keras.Sequential([hub.KerasLayer(url, trainable=True)])
     tuned.compile(optimizer=keras.optimizers.SGD(0.01),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     kernel = next(w for w in tuned.trainable_weights if "block_0/attention/query" in w.path)
@@ -160,6 +175,17 @@ def test_a_misspelt_keyword_is_a_type_error_naming_the_valid_ones(cache):
                        r"'trainble'\. Did you mean 'trainable'.*\? Valid keyword arguments: "
                        r"handle, trainable, arguments, .*, name, dtype\."):
         vit_hub.KerasLayer(TINY_NAME, trainble=True)
+
+
+def test_trainable_takes_bools_only(cache):
+    layer = vit_hub.KerasLayer(TINY_NAME)
+    for value in ("yes", 1, None):
+        with pytest.raises(vit_hub.errors.ArgumentError,
+                           match=rf"^trainable must be True or False, got {value!r}\.$"):
+            layer.trainable = value
+    assert layer.trainable is False and not layer.trainable_weights
+    layer.trainable = True
+    assert layer.trainable_weights
 
 
 def test_an_unknown_handle_is_one_clear_error(cache):

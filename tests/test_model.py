@@ -107,6 +107,8 @@ def test_variable_batch_size_and_jit(images):
     eager = numpy(model(images))
     for batch in (1, 3):
         np.testing.assert_allclose(numpy(model(images[:batch])), eager[:batch], atol=1e-6)
+    if BACKEND == "torch":
+        return  # jit there is torch.compile: ~2 min of Inductor's C++ builds on 2 CPU cores
     model.compile(jit_compile=True)
     # On openvino the model declines jit (see `supports_jit` in vit_hub/model.py).
     assert model.jit_compile == (BACKEND != "openvino")

@@ -55,7 +55,7 @@ def test_int8_below_its_gate_fails_and_caches_no_ir(capsys, tiny_saved_model, tm
 
 def test_bf16_is_refused_before_any_work_on_a_cpu_without_it(capsys, tiny_saved_model,
                                                              tmp_path):
-    from vit_hub.runtime.openvino_model import cpu_capabilities
+    from vit_hub.runtime.engine import cpu_capabilities
 
     cache = tmp_path / "cache"
     code, out, err = convert(capsys, tiny_saved_model, cache, "--runtime", "openvino",
@@ -80,7 +80,7 @@ def test_usage_errors(capsys, argv, words):
 
 
 def test_the_usage_error_imports_no_framework():
-    done = run_python("import sys; from vit_hub.conversion.cli import main\n"
+    done = run_python("import sys; from vit_hub.cli.convert_weights import main\n"
                       "try:\n    main(['vit_b32_fe', '--precision', 'int8'])\n"
                       f"except SystemExit as exit:\n    print('CODE', exit.code, {HEAVY})")
     assert done.stdout.splitlines()[-1] == "CODE 2 []", done.stderr

@@ -17,10 +17,10 @@ import pytest
 
 import vit_hub
 from tests.conftest import TINY, TINY_IMAGE, TINY_NAME, numpy
-from vit_hub.runtime import openvino_model, photos
+from vit_hub.runtime import engine, photos
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAS_BF16 = "BF16" in openvino_model.cpu_capabilities()
+HAS_BF16 = "BF16" in engine.cpu_capabilities()
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def test_a_corrupt_ir_is_refused_offline_and_rebuilt_online(cache):
     with pytest.warns(UserWarning, match=r"is not used: .*sha256.*Building it again"):
         rebuilt = vit_hub.load_pretrained(TINY_NAME, cache_dir=cache, runtime="openvino")
     assert rebuilt.precision == "fp32"
-    assert vit_hub.runtime.ir.read_verified(str(folder / "model.xml"))[1] is None
+    assert vit_hub.runtime.openvino_model.read_verified(str(folder / "model.xml"))[1] is None
     assert not [n for n in os.listdir(folder.parent) if n.startswith(".tmp-")]
 
 

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 
 import vit_hub
-from tests.conftest import TINY_HANDLE, cache_files
+from tests.conftest import TINY, TINY_ENTRY, TINY_HANDLE, TINY_NAME, cache_files
 from tests.kaggle_server import FakeKaggle, kaggle_env, lay_out_kagglehub_cache
 from vit_hub.cache import CacheEntry
 from vit_hub.conversion import published_format
 from vit_hub.conversion.parity import hub_outputs, parity_inputs
 from vit_hub.errors import CacheError, DownloadError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -133,16 +132,28 @@ def test_unknown_name_and_hybrid(env):
     assert cache_files(env) == []
 
 
-# === End to end, as a user runs it: fresh processes, the real vit_b32_fe ===
+# === End to end, as a user runs it: fresh processes ===
 
 
-@pytest.fixture(scope="module")
-def b32_fe_saved_model(tmp_path_factory):
-    """A full-size ViT-B/32 fe checkpoint in the published format (random weights)."""
-    config = published_format.ARCHS["b32"]
-    params = published_format.init_params(config, "fe", seed=0)
-    return published_format.export_saved_model(params, config, "fe",
-                                         str(tmp_path_factory.mktemp("b32") / "vit-b32-fe"))
+# In CI the tiny fe model, registered in each fresh process as a user's own model is
+# (tests/conftest.py's catalogue); the real vit_b32_fe, full size, with the slow tests.
+REGISTER_TINY = (f"import vit_hub; vit_hub.register_variant('vit_tiny8', **{TINY!r}); "
+                 f"vit_hub.register_model({TINY_NAME!r}, {TINY_ENTRY!r})\n")
+END_TO_END = [
+    pytest.param(TINY_NAME, 32, REGISTER_TINY, id="tiny"),
+    pytest.param("vit_b32_fe", 768, "", marks=pytest.mark.slow, id="vit_b32_fe"),
+]
+
+
+def published_checkpoint(name, folder):
+    """A checkpoint of catalogue model `name` in the published format (random weights)."""
+    entry = vit_hub.get_entry(name)
+    arch = entry.architecture
+    config = published_format.HubConfig(arch.patch_size, arch.hidden_dim, arch.num_layers,
+                                        arch.num_heads, arch.mlp_dim, num_classes=1000,
+                                        image_size=entry.image_size[0])
+    params = published_format.init_params(config, entry.kind, seed=0)
+    return published_format.export_saved_model(params, config, entry.kind, str(folder))
 
 
 def run(args, env, **kwargs):
@@ -151,19 +162,24 @@ def run(args, env, **kwargs):
                           capture_output=True, text=True, timeout=600, **kwargs)
 
 
-def test_convert_weights_then_offline_load(b32_fe_saved_model, tmp_path):
+@pytest.mark.parametrize("name,width,register", END_TO_END)
+def test_convert_weights_then_offline_load(tmp_path, name, width, register):
+    source = published_checkpoint(name, tmp_path / "hub")
     cache = {"VIT_HUB_CACHE": str(tmp_path / "cache")}
-    cli = os.path.join(os.path.dirname(sys.executable), "convert-weights")
-    converted = run([cli, "vit_b32_fe", "--source", b32_fe_saved_model], cache)
+    cli = ([sys.executable, "-c", register + "import sys\nfrom vit_hub.cli.convert_weights "
+            "import main\nsys.exit(main(sys.argv[1:]))"] if register else
+           [os.path.join(os.path.dirname(sys.executable), "convert-weights")])
+    converted = run([*cli, name, "--source", source], cache)
     assert converted.returncode == 0, converted.stderr
-    assert "vit_b32_fe  converted" in converted.stdout
-    listed = run([cli, "--list"], cache)
-    assert "vit_b32_fe" in listed.stdout and " ok " in listed.stdout
+    assert f"{name}  converted" in converted.stdout
+    listed = run([*cli, "--list"], cache)
+    assert name in listed.stdout and " ok " in listed.stdout
 
     # A cache hit on each backend, fresh processes: the same features, and off TensorFlow
     # nothing of TensorFlow imported.
-    script = ("import sys, keras, vit_hub, numpy as np; m = vit_hub.load_pretrained('vit_b32_fe'); "
-              "x = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype('float32'); "
+    size = vit_hub.get_entry(name).image_size[0]
+    script = (register + f"import sys, keras, vit_hub, numpy as np; m = vit_hub.load_pretrained({name!r}); "
+              f"x = np.random.default_rng(0).uniform(-1, 1, (2, {size}, {size}, 3)).astype('float32'); "
               "y = keras.ops.convert_to_numpy(m(x)); np.save(sys.argv[1], y); print(y.shape); "
               "print(sorted(k for k in ('tensorflow', 'tensorflow_hub', 'kagglehub', 'tf_keras') "
               "if k in sys.modules))")
@@ -174,16 +190,17 @@ def test_convert_weights_then_offline_load(b32_fe_saved_model, tmp_path):
                      {**cache, "VIT_HUB_OFFLINE": "1", "KERAS_BACKEND": backend}, cwd=tmp_path)
         assert loaded.returncode == 0, loaded.stderr
         imported = "['tensorflow']" if backend == "tensorflow" else "[]"
-        assert loaded.stdout.split("\n")[:2] == ["(2, 768)", imported], (backend, loaded.stdout)
+        assert loaded.stdout.split("\n")[:2] == [f"(2, {width})", imported], (backend,
+                                                                              loaded.stdout)
         features[backend] = np.load(out)
     for backend in ("jax", "torch"):  # float32 on other kernels: a few ulps (tests/test_backends.py)
         assert np.abs(features[backend] - features["tensorflow"]).max() <= 1e-5, backend
 
-    empty = run([sys.executable, "-c", "import vit_hub; vit_hub.load_pretrained('vit_b32_fe')"],
+    empty = run([sys.executable, "-c", register + f"import vit_hub; vit_hub.load_pretrained({name!r})"],
                 {"VIT_HUB_CACHE": str(tmp_path / "empty"), "VIT_HUB_OFFLINE": "1"}, cwd=tmp_path)
     assert empty.returncode == 1
     last = empty.stderr.strip().splitlines()[-1]
-    assert last.startswith("vit_hub.errors.CacheError: vit_b32_fe is not in the vit_hub cache")
+    assert last.startswith(f"vit_hub.errors.CacheError: {name} is not in the vit_hub cache")
     assert "tensorflow/python" not in empty.stderr
 
 

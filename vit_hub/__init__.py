@@ -8,6 +8,7 @@ everything that needs Keras (models, layers, loading) is imported on first use, 
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import sys
 from typing import TYPE_CHECKING
@@ -30,7 +31,7 @@ from vit_hub.errors import (
 
 from vit_hub.precision import PerformanceWarning
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("vit_hub")  # pyproject.toml's, as installed
 
 # Public names defined in modules that import Keras: name -> module.
 _LAZY = {
@@ -156,44 +157,53 @@ def __dir__():
     return sorted({*globals(), *__all__})
 
 
-# They import Keras first thing, and define what .keras files name.
-_KERAS_MODULES = {"vit_hub.layers", "vit_hub.model", "vit_hub.resnet_stem",
-                  "vit_hub.keras_layer"}
+# Where every Keras class that a vit_hub `.keras` file can name is defined (and registered
+# with Keras, by its decorator): they import Keras first thing.
+_KERAS_MODULES = ("vit_hub.layers", "vit_hub.resnet_stem", "vit_hub.model",
+                  "vit_hub.keras_layer")
 
 
 def _register_all():
-    importlib.import_module("vit_hub.model")  # it imports every Keras class of vit_hub
+    for module in _KERAS_MODULES:
+        importlib.import_module(module)
 
 
 def _register_keras_objects():
     """Keras finds the classes of a `.keras` file by their registered names only, so
-    vit_hub's layers must be registered before any file is loaded, without the caller
-    having touched a model. Keras must be imported before anything is loaded: the
-    registration runs as soon as it is (now, if it already is)."""
+    all of vit_hub's must be registered before any file is loaded, whichever of them the
+    caller touched (maybe none). Registering imports Keras, so it waits until Keras is
+    imported: at once if it already is, else when the import that brings it in ends
+    (Keras' own, or that of the first vit_hub module needing it, whose imports would
+    cycle if the others were imported while it is half done)."""
     if "keras" in sys.modules:
         _register_all()
         return
-    class AfterKerasImport(importlib.abc.MetaPathFinder):
+
+    class RegisterAfterImport(importlib.abc.MetaPathFinder):
+        depth = 0  # imports of Keras or of vit_hub's Keras modules under way
+
         def find_spec(self, fullname, path=None, target=None):
-            if fullname != "keras":
+            if fullname != "keras" and fullname not in _KERAS_MODULES:
                 return None
             spec = importlib.machinery.PathFinder.find_spec(fullname, path)
             if spec is not None and spec.loader is not None:
-                run = spec.loader.exec_module
-
-                def exec_module(module):
-                    run(module)
-                    if self in sys.meta_path:
-                        sys.meta_path.remove(self)
-                    if not _KERAS_MODULES & set(sys.modules):
-                        _register_all()
-                    # else one of them is importing Keras, half-initialised: it goes on
-                    # to register its classes itself, and importing it now would cycle.
-
-                spec.loader.exec_module = exec_module
+                spec.loader.exec_module = self.then_register(spec.loader.exec_module)
             return spec
 
-    sys.meta_path.insert(0, AfterKerasImport())
+        def then_register(self, run):
+            def exec_module(module):
+                self.depth += 1
+                try:
+                    run(module)
+                finally:
+                    self.depth -= 1
+                if self.depth == 0 and self in sys.meta_path:
+                    sys.meta_path.remove(self)
+                    _register_all()
+
+            return exec_module
+
+    sys.meta_path.insert(0, RegisterAfterImport())
 
 
 _register_keras_objects()

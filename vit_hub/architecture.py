@@ -34,6 +34,15 @@ def is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def check_flag(value, name, allow_none=False):
+    """`value` if it is a bool (or None, if allowed); else an ArgumentError (a TypeError):
+    a string such as "no" would be taken as True."""
+    if isinstance(value, bool) or (allow_none and value is None):
+        return value
+    raise ArgumentError(f"{name} must be True or False{' or None' if allow_none else ''}, "
+                        f"got {value!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """What decides the shapes of a ViT's weights. `image_size` is normalised to
@@ -57,19 +66,29 @@ class Architecture:
     resnet_units: tuple = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "image_size", image_hw(self.image_size))
-        object.__setattr__(self, "include_top", bool(self.include_top))
-        object.__setattr__(self, "resnet_units", check_resnet_units(self.resnet_units))
-        bad = [f"{field} {getattr(self, field)!r}" for field in _SHAPE_FIELDS + ("num_classes",)
+        bad = [f"{field}={getattr(self, field)!r}" for field in _SHAPE_FIELDS + ("num_classes",)
                if not is_int(getattr(self, field)) or getattr(self, field) <= 0]
         if bad:
-            raise ConfigError(f"Architecture fields must be positive ints: {', '.join(bad)}.")
+            raise ConfigError(f"{', '.join(bad)}: {', '.join(_SHAPE_FIELDS)} and num_classes "
+                              "must be positive ints (ViT-B/16: patch_size=16, hidden_dim=768, "
+                              "num_layers=12, num_heads=12, mlp_dim=3072).")
+        object.__setattr__(self, "image_size", image_hw(self.image_size))
+        object.__setattr__(self, "include_top", check_flag(self.include_top, "include_top"))
+        object.__setattr__(self, "resnet_units", check_resnet_units(self.resnet_units))
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"hidden_dim ({self.hidden_dim}) must be divisible by "
                               f"num_heads ({self.num_heads}).")
         if self.resnet_units and self.patch_size != RESNET_STRIDE:
             raise ConfigError(f"a hybrid ResNet+ViT has patch_size {RESNET_STRIDE} (the "
                               f"stride of its ResNet stem), got {self.patch_size}.")
+        height, width = self.image_size
+        if height % self.patch_size or width % self.patch_size:
+            multiples = ", ".join(str(self.patch_size * k) for k in (7, 14, 16, 24))
+            raise ConfigError(
+                f"image_size {height}x{width} is not a positive multiple of the patch size "
+                f"{self.patch_size}: the patch grid must tile the image exactly. Resize the "
+                f"images or pick a multiple of {self.patch_size} (e.g. {multiples})."
+            )
 
     @property
     def grid_size(self):

@@ -3,26 +3,43 @@
 Attention rollout: Abnar & Zuidema, "Quantifying Attention Flow in Transformers" (2020).
 """
 
+import os
+
 import numpy as np
 
 from vit_hub.errors import ConfigError
+from vit_hub.preprocessing import is_pil, preprocess
 
 
 def attention_maps(model, images):
     """Every block's attention weights: a list of (B, heads, tokens, tokens) arrays,
-    token 0 being the class token."""
+    token 0 being the class token. `images`: a batch as the model takes it (float32 in
+    [-1, 1]), or what `vit_hub.preprocess` takes (see `model_inputs`)."""
     import keras
 
-    _, maps = model.encode(images, return_attention=True)
+    _, maps = model.encode(model_inputs(model, images), return_attention=True)
     return [keras.ops.convert_to_numpy(m) for m in maps]  # (PyTorch: detached from autograd)
 
 
 def intermediate_outputs(model, images):
-    """Every block's output tokens (before the final norm): a list of (B, tokens, D)."""
+    """Every block's output tokens (before the final norm): a list of (B, tokens, D);
+    `images` as for `attention_maps`."""
     import keras
 
-    _, outputs = model.encode(images, return_intermediates=True)
+    _, outputs = model.encode(model_inputs(model, images), return_intermediates=True)
     return [keras.ops.convert_to_numpy(x) for x in outputs]
+
+
+def model_inputs(model, images):
+    """File paths, PIL images, uint8 arrays, or a list of them: preprocessed at the
+    model's image size. Anything else is taken as model inputs, float32 in [-1, 1], and
+    checked as the model checks them (float arrays are never rescaled: [0, 1] and
+    [-1, 1] cannot be told apart)."""
+    leaves = images if isinstance(images, (list, tuple)) else [images]
+    if all(isinstance(leaf, (str, os.PathLike)) or is_pil(leaf)
+           or getattr(leaf, "dtype", None) == np.uint8 for leaf in leaves):
+        return preprocess(images, image_size=model.image_size)
+    return images
 
 
 def attention_rollout(maps, grid_size, head_fusion="mean"):

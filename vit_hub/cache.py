@@ -10,6 +10,7 @@ lock and no write access (a read-only shared cache works).
 import os
 import stat
 
+from vit_hub.architecture import check_flag
 from vit_hub.catalogue import is_name
 from vit_hub.errors import CacheError, CatalogueError, ConfigError
 from vit_hub.files import TEMPORARY_PREFIX, checksum_problem, read_json, remove_temporaries
@@ -39,7 +40,7 @@ def is_offline(offline=None):
     0/false/no/off or unset/empty online, anything else a ConfigError (a ValueError), so
     a typo never silently means online."""
     if offline is not None:
-        return bool(offline)
+        return check_flag(offline, "offline", allow_none=True)
     value = os.environ.get(ENV_OFFLINE, "")
     word = value.strip().lower()
     if word in OFFLINE_VALUES:

@@ -34,10 +34,18 @@ def applies(args, kwargs):
     if (len(args) != 1 or any(key not in ("training", "mask") for key in kwargs)
             or kwargs.get("training") or kwargs.get("mask") is not None):
         return False
-    images = args[0]
-    if isinstance(images, keras.KerasTensor) or not hasattr(images, "shape"):
-        return False
     if _in_stateless_scope():  # the variables' values come from the scope, not from them
+        return False
+    # PyTorch runs eagerly already: its native mode, nothing to compile.
+    return keras.backend.backend() != "torch" and is_concrete(args[0])
+
+
+def is_concrete(images):
+    """Whether `images` hold values now: numpy, or an eager tensor of the backend (not a
+    KerasTensor, a TensorFlow graph tensor, a JAX tracer or an OpenVINO graph node)."""
+    if isinstance(images, np.ndarray):
+        return True
+    if isinstance(images, keras.KerasTensor) or not hasattr(images, "shape"):
         return False
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -48,12 +56,15 @@ def applies(args, kwargs):
         import jax
 
         return not isinstance(images, jax.core.Tracer)
+    if backend == "torch":
+        import torch
+
+        return images.device.type != "meta" and not torch.compiler.is_compiling()
     if backend == "openvino":
         from keras.src.backend.openvino.core import OpenVINOKerasTensor
 
         if isinstance(images, OpenVINOKerasTensor):
             return images.output.get_node().get_type_name() == "Constant"
-        return isinstance(images, np.ndarray)
     return False
 
 

@@ -79,4 +79,5 @@ class MissingDependencyError(VitHubError, ImportError):
 
 
 class ArgumentError(VitHubError, TypeError):
-    """An unknown or misspelt keyword argument."""
+    """An unknown or misspelt keyword argument, or an argument of the wrong type (a flag
+    that is not a bool)."""

@@ -16,7 +16,7 @@ import inspect
 
 import keras
 
-from vit_hub.architecture import Architecture
+from vit_hub.architecture import Architecture, check_flag, check_kwargs
 from vit_hub.errors import ArgumentError
 from vit_hub.lora import DEFAULT_TARGET
 
@@ -50,11 +50,10 @@ class KerasLayer(keras.layers.Layer):
                  signature_outputs_as_dict=None, output_key=None, output_shape=None,
                  tags=None, load_options=None, *, cache_dir=None, offline=None,
                  architecture=None, lora=None, **kwargs):
-        from vit_hub.model import check_kwargs
-
         valid = [p for p in inspect.signature(KerasLayer.__init__).parameters
                  if p not in ("self", "kwargs")] + ["name", "dtype"]  # (Keras' own)
         check_kwargs("KerasLayer", kwargs, valid)
+        check_flag(trainable, "trainable")  # before anything is loaded
         super().__init__(**kwargs)
         self.outputs_as_dict = _check_hub_arguments(
             arguments, signature, signature_outputs_as_dict, output_key, tags, load_options)
@@ -76,6 +75,15 @@ class KerasLayer(keras.layers.Layer):
         if lora:
             self.model.enable_lora(lora["rank"], lora["target"], lora["alpha"])
         self.built = True  # the network is built with its inputs' shape
+
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        # A bool only: "no" or 0.5 would be taken as True (hub.KerasLayer takes them so).
+        keras.layers.Layer.trainable.fset(self, check_flag(value, "trainable"))
 
     def enable_lora(self, rank, target=DEFAULT_TARGET, alpha=None):
         self.trainable = True  # the layer's own switch, which gates its weights' training

@@ -10,6 +10,7 @@ import functools
 import inspect
 
 import keras
+import numpy as np
 
 from vit_hub.layers import (
     ClassToken,
@@ -18,29 +19,11 @@ from vit_hub.layers import (
     TokenPooling,
     TransformerBlock,
 )
-from vit_hub.architecture import (
-    RESNET_STRIDE,
-    check_kwargs,
-    check_resnet_units,
-    image_hw,
-    variant_config,
-)
-from vit_hub.errors import ConfigError
-from vit_hub.preprocessing import images_dtype_error
+from vit_hub.architecture import Architecture, check_flag, check_kwargs, variant_config
+from vit_hub.errors import ConfigError, ImageError
+from vit_hub.preprocessing import check_not_files, check_range, check_shape, images_dtype_error
 from vit_hub.resnet_stem import ResNetStem
 from vit_hub import compiled, lora, precision
-
-
-def _check_image_size(image_size, patch_size):
-    height, width = image_hw(image_size)
-    if height % patch_size or width % patch_size:
-        multiples = ", ".join(str(patch_size * k) for k in (7, 14, 16, 24))
-        raise ConfigError(
-            f"image_size {height}x{width} is not a positive multiple of the patch size "
-            f"{patch_size}: the patch grid must tile the image exactly. Resize the images "
-            f"or pick a multiple of {patch_size} (e.g. {multiples})."
-        )
-    return height, width
 
 
 # What `keras.Model.__init__` gets besides the model's own arguments: what get_config()
@@ -57,11 +40,13 @@ def model_kwargs():
     return tuple(own) + KERAS_KWARGS
 
 
-def check_images(images, where):
-    """ImageTypeError unless the images given to a model are floats: integer images
-    (uint8 0..255) would otherwise be cast to float32 as they are by Keras (in the
-    functional model's input conversion) and computed at 255x the range the model takes.
-    Only dtypes are looked at, never values: the check costs nothing."""
+def check_images(images, where, image_size):
+    """Refuses, before anything is computed, images given to a model that it would
+    compute wrongly or fail on deep inside: files or PIL images; integer images (uint8
+    0..255, which Keras' input conversion would cast to float32 as they are); a shape
+    that is not (B, *image_size, 3); and, for images that hold values now (not symbolic
+    or traced), values clearly outside [-1, 1] (pixels 0..255 as floats) or NaN. Costs
+    one min and one max over concrete images."""
     if isinstance(images, dict):
         leaves = images.values()
     elif isinstance(images, (list, tuple)):
@@ -69,6 +54,7 @@ def check_images(images, where):
     else:
         leaves = (images,)
     for leaf in leaves:
+        check_not_files(leaf, image_size, where)
         dtype = getattr(leaf, "dtype", None)
         if dtype is None:
             continue
@@ -79,6 +65,94 @@ def check_images(images, where):
             dtype, is_float = str(dtype), False
         if not is_float:
             raise images_dtype_error(where, dtype)
+        shape = _static_shape(leaf)
+        if shape is not None:
+            check_shape(shape, image_size, where)
+        if compiled.is_concrete(leaf) and shape and 0 not in shape:
+            check_range(*_extremes(leaf), where)
+
+
+def _static_shape(images):
+    """The shape as a tuple (None where a dimension is not known), or None if not even
+    the rank is known."""
+    try:
+        return tuple(None if d is None else int(d) for d in images.shape)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _extremes(images):
+    """(least, greatest) value of concrete images, as Python floats: by numpy where the
+    images are in host memory (a view: ~0.1 ms for a 224x224 image, where an eager
+    reduction op costs ~2.5 ms on TensorFlow), else by the backend on its device."""
+    if not _on_device(images):
+        images = keras.ops.convert_to_numpy(images)
+        return float(images.min()), float(images.max())
+    low, high = keras.ops.min(images), keras.ops.max(images)
+    return float(keras.ops.convert_to_numpy(low)), float(keras.ops.convert_to_numpy(high))
+
+
+def _on_device(images):
+    """Whether a tensor lives on an accelerator (GPU, TPU), not in host memory."""
+    backend = keras.backend.backend()
+    if isinstance(images, np.ndarray) or backend == "openvino":
+        return False
+    if backend == "tensorflow":
+        return "CPU" not in images.device
+    if backend == "torch":
+        return images.device.type != "cpu"
+    return any(device.platform != "cpu" for device in images.devices())  # JAX
+
+
+def check_policy(dtype):
+    """The Keras dtype policy of `dtype`, or a ConfigError unless it is a float one."""
+    try:
+        policy = keras.dtype_policies.get(dtype)
+    except (TypeError, ValueError):
+        policy = None
+    if (policy is None or getattr(policy, "quantization_mode", None)
+            or not keras.backend.is_float_dtype(policy.compute_dtype)
+            or not keras.backend.is_float_dtype(policy.variable_dtype)):
+        raise ConfigError(
+            f"dtype {dtype!r} is not a float policy: a VisionTransformer computes in "
+            "'float32' (the default), 'bfloat16' or 'float16', or in 'mixed_bfloat16' or "
+            "'mixed_float16' (float32 weights). Quantized (int8) inference is the OpenVINO "
+            "runtime: vit_hub.load_pretrained(name, runtime='openvino', precision='int8'), "
+            "or vit_hub.to_openvino(model, precision='int8').")
+    return policy
+
+
+def _check_settings(dropout, attention_dropout, layer_norm_epsilon, classifier_activation):
+    """ConfigError naming the first setting that cannot be (Keras' own errors would not
+    say which argument of the model it was)."""
+    for name, rate in (("dropout", dropout), ("attention_dropout", attention_dropout)):
+        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool)
+                and 0 <= rate < 1):
+            raise ConfigError(f"{name} must be a rate in [0, 1), got {rate!r}.")
+    if not (isinstance(layer_norm_epsilon, (int, float)) and layer_norm_epsilon > 0):
+        raise ConfigError(f"layer_norm_epsilon must be a positive float (1e-6 in the "
+                          f"published models), got {layer_norm_epsilon!r}.")
+    if classifier_activation is not None:
+        try:
+            keras.activations.get(classifier_activation)
+        except (TypeError, ValueError):
+            raise ConfigError(f"classifier_activation {classifier_activation!r} is not a Keras "
+                              "activation: None (logits, as the hub models), 'softmax', "
+                              "or a callable.") from None
+
+
+def _checks_data(method):
+    """`method` of keras.Model, first checking its `x` as `check_images` does (arrays and
+    tensors; datasets and generators are seen batch by batch by the model's call)."""
+    @functools.wraps(method)
+    def checked(self, x=None, *args, **kwargs):
+        where = f"Model {self.name!r}"
+        check_images(x, where, self.image_size)
+        if (_static_shape(x) or (1,))[0] == 0:  # (Keras' loops fail on it, unclearly)
+            raise ImageError(f"{where}.{method.__name__} got an empty batch (0 images).")
+        return method(self, x, *args, **kwargs)
+
+    return checked
 
 
 @keras.saving.register_keras_serializable(package="vit_hub")
@@ -127,12 +201,18 @@ class VisionTransformer(keras.Model):
         **kwargs,
     ):
         check_kwargs(type(self).__name__, kwargs, model_kwargs())
-        height, width = _check_image_size(image_size, patch_size)
-        resnet_units = check_resnet_units(resnet_units)
-        if resnet_units and patch_size != RESNET_STRIDE:
-            raise ConfigError(f"A hybrid ResNet+ViT has patch_size {RESNET_STRIDE} (the "
-                              f"stride of its stem), got {patch_size}.")
+        # The record checks the architecture (positive ints, heads dividing the width,
+        # a patch grid that tiles the image) before any layer is made.
+        record = Architecture(
+            patch_size=patch_size, hidden_dim=hidden_dim, num_layers=num_layers,
+            num_heads=num_heads, mlp_dim=mlp_dim, image_size=image_size,
+            include_top=include_top, num_classes=num_classes, resnet_units=resnet_units)
+        (height, width), resnet_units = record.image_size, record.resnet_units
+        _check_settings(dropout, attention_dropout, layer_norm_epsilon, classifier_activation)
+        check_flag(kwargs.get("trainable", True), "trainable")
         policy = kwargs.get("dtype")
+        if policy is not None:
+            check_policy(policy)
 
         # === Layers ===
         # A hybrid's tokens are the cells of its stem's 1/32 grid, embedded by a 1x1 conv.
@@ -230,10 +310,20 @@ class VisionTransformer(keras.Model):
         # Every path in goes through here with the images as given: eager calls, and
         # predict/fit/evaluate (their steps call the model on the batches, of the dtype
         # the data had), before Keras's input conversion casts them to float32.
-        check_images(args[0] if args else kwargs.get("inputs"), f"Model {self.name!r}")
+        check_images(args[0] if args else kwargs.get("inputs"), f"Model {self.name!r}",
+                     self.image_size)
         if self.compiled_calls and self._inference.usable and compiled.applies(args, kwargs):
             return self._inference(args[0])
         return super().__call__(*args, **kwargs)
+
+    # The data given to Keras' loops is checked whole first: inside them the model is
+    # called on symbolic or traced batches (TensorFlow, JAX), whose values are not seen.
+    fit = _checks_data(keras.Model.fit)
+    evaluate = _checks_data(keras.Model.evaluate)
+    predict = _checks_data(keras.Model.predict)
+    train_on_batch = _checks_data(keras.Model.train_on_batch)
+    test_on_batch = _checks_data(keras.Model.test_on_batch)
+    predict_on_batch = _checks_data(keras.Model.predict_on_batch)
 
     @property
     def num_patches(self):
@@ -254,7 +344,7 @@ class VisionTransformer(keras.Model):
         (B, heads, tokens, tokens); with `return_intermediates`, a list with every block's
         output tokens (before the final norm). They follow the tokens in that order.
         """
-        check_images(images, f"Model {self.name!r}")
+        check_images(images, f"Model {self.name!r}", self.image_size)
         trace = [] if return_attention or return_intermediates else None
         tokens = _encode(
             images, self.embedding_layers, self.blocks, self.encoder_norm, training, trace
@@ -460,7 +550,3 @@ def create_vit_r50_l32(**kwargs):
     """R50+L/32, a ResNet-50 stem before ViT-L (width 1024, 24 blocks, 16 heads):
     `create_vit('vit_r50_l32', **kwargs)`."""
     return create_vit("vit_r50_l32", **kwargs)
-
-
-# Every class a vit_hub `.keras` file can name is registered once the model is.
-from vit_hub import keras_layer as _keras_layer  # noqa: E402,F401

@@ -18,9 +18,10 @@ def preprocess(images, image_size=224, crop_fraction=None):
     """Images -> float32 (B, height, width, 3) in [-1, 1], as the checkpoints expect.
 
     Args:
-        images: a file path (JPEG, PNG, GIF, BMP, WebP; read with Pillow) or a list of
-            them; a PIL image or a list; an array (H, W, 3) or (B, H, W, 3) of uint8 (0..255) or floats in
-            [0, 1]; or a list of such arrays of any sizes.
+        images: a file path (JPEG, PNG, GIF, BMP, TIFF, WebP; read with Pillow, every
+            pixel format by its own range, see `pil_pixels`) or a list of them; a PIL
+            image or a list; an array (H, W, 3) or (B, H, W, 3) of uint8 (0..255) or
+            floats in [0, 1]; or a list of such arrays of any sizes.
         image_size: int or (height, width) of the output.
         crop_fraction: if given, keep this central fraction of each image before
             resizing (e.g. 0.875, the classic ImageNet evaluation crop).
@@ -36,8 +37,8 @@ def _as_images(images):
     """Yields each image as a float32 (H, W, 3) array in [0, 1]."""
     if isinstance(images, (str, os.PathLike)):
         yield _read(images)
-    elif _is_pil(images):
-        yield _check_array(np.asarray(images.convert("RGB")), "PIL image")
+    elif is_pil(images):
+        yield pil_pixels(images, "PIL image")
     elif isinstance(images, (list, tuple)):
         for image in images:
             yield from _as_images(image)
@@ -49,7 +50,7 @@ def _as_images(images):
             yield _check_array(array, "image")
 
 
-def _is_pil(obj):
+def is_pil(obj):
     return hasattr(obj, "convert") and hasattr(obj, "getbands")
 
 
@@ -63,17 +64,67 @@ def _read(path):
 
 def decode_image(data, name):
     """The bytes of an image file as float32 (H, W, 3) in [0, 1]: the first frame of an
-    animation, turned upright as its EXIF orientation says (as a photo viewer shows it).
-    ImageError, naming `name`, for bytes Pillow cannot decode."""
+    animation, turned upright as its EXIF orientation says (as a photo viewer shows it),
+    each pixel format read by its own range (see `pil_pixels`). ImageError, naming
+    `name`, for bytes Pillow cannot decode or a pixel format with no defined range."""
     from PIL import Image, ImageOps
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            image.load()
+            upright = ImageOps.exif_transpose(image)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(f"{name} is not a readable JPEG, PNG, GIF, BMP or WebP image "
+        raise ImageError(f"{name} is not a readable JPEG, PNG, GIF, BMP, TIFF or WebP image "
                          f"({err}).") from None
-    return pixels.astype(np.float32) / 255.0
+    return pil_pixels(upright, name, source=image)
+
+
+# PIL modes of 8-bit (or 1-bit) pixels that PIL converts to RGB as they mean (palette
+# looked up, CMYK, YCbCr, LAB and HSV converted, premultiplied alpha undone): 0..255.
+# Alpha is dropped, as the checkpoints' own input pipeline (TensorFlow's decode_image
+# with 3 channels) dropped it: an RGBA image reads as its RGB twin.
+EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "RGBX", "RGBA", "RGBa", "LA", "La", "PA", "CMYK",
+                   "YCbCr", "LAB", "HSV")
+
+
+def pil_pixels(image, name, source=None):
+    """A PIL image as float32 (H, W, 3) in [0, 1], each mode read by its own range:
+    8-bit modes 0..255, 16-bit grayscale (I;16...) 0..65535, 32-bit integer (I)
+    0..2**31-1 (0..65535 for a 16-bit PNG or TIFF that Pillow opened as I), 32-bit float
+    (F) 0..1 as float arrays are (other values refused). Any other mode is refused by name.
+    `source`: the image as opened from its file (its format and TIFF tags), when `image`
+    is an upright copy of it."""
+    mode = image.mode
+    if mode in EIGHT_BIT_MODES:
+        if mode == "La":  # PIL converts La only to LA, which undoes the premultiplying
+            image = image.convert("LA")
+        return np.asarray(image.convert("RGB"), np.float32) / 255.0
+    if mode.startswith("I;16") or mode == "I":
+        gray = np.asarray(image).astype(np.float64)
+        if gray.size and gray.min() < 0:
+            raise ImageError(f"{name} is a 32-bit integer image (PIL mode I) with negative "
+                             f"values (down to {gray.min():.0f}): pixels cannot be negative.")
+        top = 65535 if mode != "I" or _is_16_bit_file(source or image) else 2 ** 31 - 1
+        if gray.size and gray.max() > top:  # (a 16-bit file holds no more)
+            raise ImageError(f"{name} has values up to {gray.max():.0f}, beyond its "
+                             f"{top.bit_length()}-bit range.")
+        gray = (gray / top).astype(np.float32)
+    elif mode == "F":  # checked as float arrays are: in [0, 1], finite
+        gray = np.asarray(image, np.float32)
+        return _check_array(np.repeat(gray[..., None], 3, axis=-1), f"{name} (PIL mode F)")
+    else:
+        raise ImageError(
+            f"{name} has PIL mode {mode!r}, whose pixels have no range vit_hub knows: convert "
+            f"it to 'RGB' (8-bit) or 'I;16' (16-bit grayscale) first, e.g. "
+            f"image.convert('RGB').")
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def _is_16_bit_file(image):
+    """Whether Pillow read a mode-I image from a 16-bit file: a PNG (which has no 32-bit
+    pixels) or a TIFF whose BitsPerSample tag (258) says 16."""
+    bits = getattr(image, "tag_v2", {}).get(258)
+    return image.format == "PNG" or bits in (16, (16,))
 
 
 def _check_array(array, what):
@@ -90,8 +141,11 @@ def _check_array(array, what):
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if not np.issubdtype(array.dtype, np.floating):
+        hint = (f" (a full-range {array.dtype.itemsize * 8}-bit image: image / "
+                f"{np.iinfo(array.dtype).max} gives floats in [0, 1])"
+                if array.dtype in (np.uint16, np.uint32) else "")
         raise ImageTypeError(
-            f"{what} has dtype {array.dtype}: pass uint8 (0..255) or floats in [0, 1]."
+            f"{what} has dtype {array.dtype}: pass uint8 (0..255) or floats in [0, 1]{hint}."
         )
     if not np.all(np.isfinite(array)):
         raise ImageError(f"{what} contains NaN or infinite values.")
@@ -102,6 +156,15 @@ def _check_array(array, what):
             "scaling to [-1, 1] itself)."
         )
     return array.astype(np.float32)
+
+
+# How far outside [-1, 1] a model input may reach and still be taken for preprocessed
+# images. `preprocess` resamples with non-negative weights: 2.4e-7 over, float rounding.
+# Images resized elsewhere with filters that have negative lobes overshoot; measured on a
+# pixel checkerboard (the worst case), in [-1, 1] units: bicubic 0.56 (PIL) and 0.40
+# (tf.image), Lanczos-3 1.09 (PIL), Lanczos-5 1.32 (tf.image). Pixels 0..255 as floats
+# reach ~255: only an image darker than 2.5/255 everywhere stays within the bound.
+INPUT_MARGIN = 1.5
 
 
 def images_dtype_error(where, dtype):
@@ -120,21 +183,62 @@ def images_dtype_error(where, dtype):
     )
 
 
+def check_not_files(images, image_size, where):
+    """ImageTypeError for file paths or PIL images given where model inputs belong."""
+    if isinstance(images, (str, bytes, os.PathLike)) or is_pil(images):
+        raise ImageTypeError(
+            f"{where} got {type(images).__name__} {images!r:.60}: it takes a float32 batch "
+            f"(B, {image_size[0]}, {image_size[1]}, 3) in [-1, 1]; read and scale image "
+            f"files with vit_hub.preprocess(paths, image_size={_size_text(image_size)}) first.")
+
+
+def _size_text(image_size):
+    height, width = image_size
+    return str(height) if height == width else str((height, width))
+
+
+def check_shape(shape, image_size, where):
+    """ImageError unless `shape` (dimensions None where not known) fits a batch of
+    images of `image_size`: said before any compiled function sees the wrong shape."""
+    height, width = image_size
+    shape = tuple(shape)
+    if len(shape) == 4 and all(d is None or d == e for d, e in zip(shape[1:], (height, width, 3))):
+        return
+    hint = (" (one image: add the batch axis, images[None])"
+            if shape == (height, width, 3) else "")
+    raise ImageError(
+        f"{where} takes a batch (B, {height}, {width}, 3) in [-1, 1], got shape "
+        f"{shape}{hint}; vit_hub.preprocess(images, image_size={_size_text(image_size)}) "
+        "makes one."
+    )
+
+
+def check_range(low, high, where):
+    """ImageError unless the least and greatest values of a model input are within
+    [-1, 1] give or take INPUT_MARGIN (NaN fails too)."""
+    bound = 1.0 + INPUT_MARGIN
+    if low >= -bound and high <= bound:
+        return
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ImageError(f"{where} got images containing NaN or infinite values.")
+    hint = (" They look like pixels 0..255: pass them through vit_hub.preprocess(images) "
+            "(uint8 0..255 or floats in [0, 1] -> [-1, 1]), or scale them, "
+            "images / 127.5 - 1." if low >= -bound else "")
+    raise ImageError(
+        f"{where} got images with values in [{low:.4g}, {high:.4g}]: the model takes "
+        f"float32 in [-1, 1] (values beyond +-{bound:g} are refused).{hint}")
+
+
 def check_model_images(images, image_size, where):
-    """A batch for a compiled model (no Keras in the way to check it): float
-    (B, height, width, 3) at `image_size`, returned as contiguous float32."""
+    """A numpy batch for a compiled model (no Keras in the way to check it): float
+    (B, height, width, 3) at `image_size` in [-1, 1], returned as contiguous float32."""
+    check_not_files(images, image_size, where)
     array = np.asarray(images)
     if not np.issubdtype(array.dtype, np.floating):
         raise images_dtype_error(where, str(array.dtype))
-    height, width = image_size
-    if array.ndim != 4 or tuple(array.shape[1:]) != (height, width, 3):
-        hint = (" (one image: add the batch axis, images[None])"
-                if tuple(array.shape) == (height, width, 3) else "")
-        raise ImageError(
-            f"{where} takes a batch (B, {height}, {width}, 3) in [-1, 1], got shape "
-            f"{tuple(array.shape)}{hint}; vit_hub.preprocess(images, image_size="
-            f"{(height, width) if height != width else height}) makes one."
-        )
+    check_shape(array.shape, image_size, where)
+    if array.size:
+        check_range(array.min(), array.max(), where)
     return np.ascontiguousarray(array, np.float32)
 
 

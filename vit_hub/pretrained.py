@@ -11,7 +11,7 @@ import inspect
 import os
 import warnings
 
-from vit_hub.architecture import check_kwargs, image_hw
+from vit_hub.architecture import check_flag, check_kwargs, image_hw
 from vit_hub.cache import CacheEntry, is_offline
 from vit_hub.catalogue import get_entry
 from vit_hub.errors import CacheError, ConfigError, WeightsError
@@ -52,6 +52,8 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
             `include_top=True, num_classes=N` on an fe model: a new head on the
                 class token. `include_top=False` on a classification model drops it.
     """
+    check_flag(offline, "offline", allow_none=True)
+    check_flag(verify, "verify")
     openvino = (precision, calibration, min_cosine, threads)
     if runtime != "keras" or any(value is not None for value in openvino):
         return _load_openvino(name, runtime, *openvino, cache_dir, offline, verify, weights,

@@ -2,6 +2,7 @@
 
 import dataclasses
 import datetime
+import importlib.metadata
 import json
 import os
 
@@ -81,7 +82,6 @@ def convert(source, architecture, *, verify=True, reference=None, progress=None)
 def write_converted(conversion, weights_path, name, extra=None):
     """Writes the weights file, then its metadata JSON beside it (both atomically), and
     returns the metadata. The metadata holds the sha256 that loading verifies."""
-    import vit_hub
     from vit_hub.files import sha256, write_text
     from vit_hub.weights import FORMAT_VERSION, write_weights_file
 
@@ -95,7 +95,7 @@ def write_converted(conversion, weights_path, name, extra=None):
         "architecture": conversion.architecture.to_dict(),
         "source": conversion.source,
         "parity": dataclasses.asdict(conversion.parity) if conversion.parity else None,
-        "vit_hub_version": vit_hub.__version__,
+        "vit_hub_version": importlib.metadata.version("vit_hub"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }

@@ -18,25 +18,27 @@ class ShardEmbedder:
     def __init__(self, model, entry, variant, cache_dir, folder, batch_size, threads,
                  runtime="keras", precision="fp32", min_cosine=None):
         _limit_threads(threads, keras=runtime == "keras")
-        import vit_hub
+        from vit_hub.architecture import list_variants, register_variant
+        from vit_hub.catalogue import get_entry, list_models, register_model
+        from vit_hub.pretrained import load_pretrained
 
         # A model registered in the caller's process (register_variant / register_model)
         # is registered here too: workers are fresh processes.
-        if entry["variant"] not in vit_hub.list_variants():
-            vit_hub.register_variant(entry["variant"], **variant)
-        if model not in vit_hub.list_models():
-            vit_hub.register_model(model, entry)
+        if entry["variant"] not in list_variants():
+            register_variant(entry["variant"], **variant)
+        if model not in list_models():
+            register_model(model, entry)
         self.name, self.folder, self.batch_size = model, folder, batch_size
-        self.entry = vit_hub.get_entry(model)
+        self.entry = get_entry(model)
         self.computed = dict(runtime=runtime, precision=precision, accuracy=None)
         if runtime == "openvino":  # numpy in, numpy out; no TensorFlow or Keras loaded
-            fast = vit_hub.load_pretrained(model, cache_dir=cache_dir, offline=True,
-                                           runtime="openvino", precision=precision,
-                                           min_cosine=min_cosine, threads=threads)
+            fast = load_pretrained(model, cache_dir=cache_dir, offline=True,
+                                   runtime="openvino", precision=precision,
+                                   min_cosine=min_cosine, threads=threads)
             self.predict, self.output_shape = fast, fast.output_shape
             self.computed["accuracy"] = fast.accuracy
         else:
-            keras_model = vit_hub.load_pretrained(model, cache_dir=cache_dir, offline=True)
+            keras_model = load_pretrained(model, cache_dir=cache_dir, offline=True)
             self.predict = keras_model.predict_on_batch  # one call per batch, as `fast`
             self.output_shape = keras_model.output_shape
         self.top5 = self.entry.classification and self.output_shape[-1] == 1000

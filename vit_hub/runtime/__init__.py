@@ -13,7 +13,6 @@ agreement with fp32 on held-out photographs (`OpenVINOModel.accuracy`).
 """
 
 from vit_hub.runtime.convert import to_openvino
-from vit_hub.runtime.ir import load_openvino
-from vit_hub.runtime.openvino_model import PRECISIONS, OpenVINOModel
+from vit_hub.runtime.openvino_model import PRECISIONS, OpenVINOModel, load_openvino
 
 __all__ = ["to_openvino", "load_openvino", "OpenVINOModel", "PRECISIONS"]

@@ -2,14 +2,14 @@
 `model.json` beside them (precision, measured accuracy, OpenVINO version, sha256 of both).
 
 Written as the weights cache is: staged beside the target, fsynced, moved in, the record
-last, so a reader never takes a half-written IR. Read only when both checksums match the
-record and it was written by this OpenVINO version.
+last, so a reader never takes a half-written IR. `record_problem` and `checksum_problem`
+say why one may not be read (`openvino_model.read_verified` reads it only when both
+checksums match the record and it was written by this OpenVINO version).
 
 The weights are stored at full precision: `openvino.save_model` halves them to fp16 by
 default, which put ViT-B/32 4.5e-3 off the Keras model even when computed in f32.
 """
 
-import concurrent.futures
 import json
 import os
 import shutil
@@ -17,7 +17,7 @@ import tempfile
 
 from vit_hub.errors import WeightsError
 from vit_hub.files import TEMPORARY_PREFIX, fsync, read_json, sha256, write_text
-from vit_hub.runtime.openvino_model import OpenVINOModel, core, import_openvino, openvino_version
+from vit_hub.runtime.engine import import_openvino, openvino_version
 
 FORMAT = "vit_hub.openvino"
 FORMAT_VERSION = 1
@@ -62,7 +62,7 @@ def write_ir(ov_model, xml_path, record):
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _record_problem(xml_path):
+def record_problem(xml_path):
     """What its record says against it (cheap: the files are not read)."""
     record_path = paths(xml_path)[2]
     record = read_json(record_path)
@@ -79,7 +79,7 @@ def _record_problem(xml_path):
     return None
 
 
-def _checksum_problem(xml_path):
+def checksum_problem(xml_path):
     xml, weights, record_path = paths(xml_path)
     expected = read_json(record_path)["sha256"]
     for path, key in ((xml, "xml"), (weights, "bin")):
@@ -90,50 +90,3 @@ def _checksum_problem(xml_path):
         if actual != expected.get(key):
             return f"{path} fails its sha256 check (corrupt, truncated or changed)"
     return None
-
-
-def read_verified(xml_path, threads=None):
-    """(the `OpenVINOModel` of the IR, None), or (None, why it is not used). The files
-    are hashed while OpenVINO reads and compiles them (hashing and compiling release the
-    GIL): a first prediction pays for the longer of the two, not both. A model whose
-    files fail their checksums is dropped before anything runs on it."""
-    problem = _record_problem(xml_path)
-    if problem:
-        return None, problem
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        checking = pool.submit(_checksum_problem, xml_path)
-        try:
-            model, failure = read_ir(xml_path, threads), None
-        except Exception as err:  # (OpenVINO's RuntimeError for files it cannot parse)
-            model, failure = None, err
-        problem = checking.result()
-    if problem:
-        return None, problem
-    if failure is not None:
-        raise failure
-    return model, None
-
-
-def read_ir(xml_path, threads=None):
-    """The `OpenVINOModel` of an IR, unchecked (see `read_verified`)."""
-    xml, weights, record_path = paths(xml_path)
-    record = read_json(record_path)
-    ov_model = core().read_model(xml, weights)
-    return OpenVINOModel(ov_model, precision=record["precision"], accuracy=record["accuracy"],
-                         name=record["name"], threads=threads)
-
-
-def load_openvino(path, threads=None):
-    """The `OpenVINOModel` saved at `path` (`.xml`) by `OpenVINOModel.save`, after
-    checking it against its `.json` record: an IR that is corrupt, incomplete or from
-    another OpenVINO version is refused, never compiled."""
-    path = check_xml_path(path)
-    if not os.path.isfile(path):
-        raise WeightsError(f"No OpenVINO IR at {path}.")
-    model, problem = read_verified(path, threads)
-    if problem:
-        raise WeightsError(
-            f"The OpenVINO IR {path} is not loaded: {problem}. Build it again with this "
-            "version: vit_hub.to_openvino(model, precision=...).save(path), or "
-            "vit_hub.load_pretrained(name, runtime='openvino', precision=...).save(path).")
-    return model

@@ -17,8 +17,9 @@ import warnings
 from vit_hub.cache import CacheEntry
 from vit_hub.errors import CacheError
 from vit_hub.files import remove_temporaries
-from vit_hub.runtime.ir import read_verified, write_ir
-from vit_hub.runtime.openvino_model import openvino_version
+from vit_hub.runtime.engine import openvino_version
+from vit_hub.runtime.ir import write_ir
+from vit_hub.runtime.openvino_model import read_verified
 
 IR_FORMAT = 1
 

@@ -1,47 +1,26 @@
-"""`OpenVINOModel`: a compiled OpenVINO model of a vit_hub ViT, numpy in, numpy out.
+"""`OpenVINOModel`: a compiled OpenVINO model of a vit_hub ViT, numpy in, numpy out; and
+`load_openvino`, which reads one back from the IR files it saved (`vit_hub.runtime.ir`).
 
 It takes what the Keras model takes (float images (B, H, W, 3) in [-1, 1]) and is
 compiled at one precision, always said explicitly: OpenVINO's CPU plugin otherwise picks
 bf16 by itself on CPUs with AVX512_BF16 or AMX, and "fp32" here means fp32.
 """
 
-import functools
+import concurrent.futures
+import os
 
 import numpy as np
 
-from vit_hub.errors import ConfigError, ImageError, MissingDependencyError
+from vit_hub.errors import ConfigError, ImageError, WeightsError
+from vit_hub.files import read_json
 from vit_hub.preprocessing import check_model_images
+from vit_hub.runtime import ir
+from vit_hub.runtime.engine import DEVICE, core, cpu_capabilities
 
 PRECISIONS = ("fp32", "bf16", "int8")
 # OpenVINO's INFERENCE_PRECISION_HINT for each precision: an int8 model computes its
 # quantized matmuls in int8 and every other op in f32.
 _HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
-DEVICE = "CPU"
-
-
-def import_openvino():
-    try:
-        import openvino
-    except ImportError:
-        raise MissingDependencyError(
-            "The OpenVINO runtime needs the openvino package: pip install 'vit_hub[openvino]'."
-        ) from None
-    return openvino
-
-
-@functools.cache
-def core():
-    """One OpenVINO Core per process (it holds the loaded device plugins)."""
-    return import_openvino().Core()
-
-
-def openvino_version():
-    return import_openvino().get_version()
-
-
-def cpu_capabilities():
-    """What the CPU plugin can compute in here, e.g. ['FP32', 'INT8', 'BF16']."""
-    return list(core().get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
 
 
 def check_precision(precision):
@@ -105,9 +84,7 @@ class OpenVINOModel:
     def save(self, path):
         """Writes the IR to `path` (ending in .xml; the weights go to the .bin beside it,
         at full precision) and the record to the .json beside it, each atomically."""
-        from vit_hub.runtime.ir import write_ir
-
-        write_ir(self.ov_model, path, self.record())
+        ir.write_ir(self.ov_model, path, self.record())
         return path
 
     def record(self):
@@ -134,3 +111,50 @@ def describe_accuracy(precision, accuracy):
         parts.append(f"; calibrated on {accuracy['calibration']['images']} images "
                      f"({accuracy['calibration']['source']})")
     return f"OpenVINO {precision} " + " ".join(parts[:2]) + "".join(parts[2:])
+
+
+def read_verified(xml_path, threads=None):
+    """(the `OpenVINOModel` of the IR, None), or (None, why it is not used). The files
+    are hashed while OpenVINO reads and compiles them (hashing and compiling release the
+    GIL): a first prediction pays for the longer of the two, not both. A model whose
+    files fail their checksums is dropped before anything runs on it."""
+    problem = ir.record_problem(xml_path)
+    if problem:
+        return None, problem
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        checking = pool.submit(ir.checksum_problem, xml_path)
+        try:
+            model, failure = read_ir(xml_path, threads), None
+        except Exception as err:  # (OpenVINO's RuntimeError for files it cannot parse)
+            model, failure = None, err
+        problem = checking.result()
+    if problem:
+        return None, problem
+    if failure is not None:
+        raise failure
+    return model, None
+
+
+def read_ir(xml_path, threads=None):
+    """The `OpenVINOModel` of an IR, unchecked (see `read_verified`)."""
+    xml, weights, record_path = ir.paths(xml_path)
+    record = read_json(record_path)
+    ov_model = core().read_model(xml, weights)
+    return OpenVINOModel(ov_model, precision=record["precision"], accuracy=record["accuracy"],
+                         name=record["name"], threads=threads)
+
+
+def load_openvino(path, threads=None):
+    """The `OpenVINOModel` saved at `path` (`.xml`) by `OpenVINOModel.save`, after
+    checking it against its `.json` record: an IR that is corrupt, incomplete or from
+    another OpenVINO version is refused, never compiled."""
+    path = ir.check_xml_path(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"No OpenVINO IR at {path}.")
+    model, problem = read_verified(path, threads)
+    if problem:
+        raise WeightsError(
+            f"The OpenVINO IR {path} is not loaded: {problem}. Build it again with this "
+            "version: vit_hub.to_openvino(model, precision=...).save(path), or "
+            "vit_hub.load_pretrained(name, runtime='openvino', precision=...).save(path).")
+    return model

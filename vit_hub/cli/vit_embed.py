@@ -14,6 +14,8 @@ import argparse
 import os
 import sys
 
+from vit_hub.cli import add_runtime_arguments, check_runtime_arguments
+
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
@@ -41,14 +43,9 @@ def parse_args(argv):
     parser.add_argument("--retries", type=int, default=3, metavar="R",
                         help="runs of a shard after its worker died, before the job "
                         "stops (default 3)")
-    parser.add_argument("--runtime", choices=["keras", "openvino"], default="keras",
-                        help="the workers' model (default keras)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"],
-                        help="the OpenVINO model's precision (default fp32)")
+    add_runtime_arguments(parser, "the workers run OpenVINO models")
     args = parser.parse_args(argv)
-    if args.precision and args.runtime != "openvino":
-        parser.error(f"--precision {args.precision} is the OpenVINO runtime's: add "
-                     "--runtime openvino (the Keras model computes in fp32)")
+    check_runtime_arguments(parser, args)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     if args.batch_size < 1:

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+from vit_hub.cli import add_runtime_arguments, check_runtime_arguments
 from vit_hub.conversion.pipeline import STEPS
 
 
@@ -38,14 +39,9 @@ def parse_args(argv):
     parser.add_argument("--force", action="store_true", help="convert even if cached")
     parser.add_argument("--output", metavar="FILE",
                         help="also write the weights (and FILE's .json metadata) here")
-    parser.add_argument("--runtime", choices=["keras", "openvino"], default="keras",
-                        help="openvino: also build and cache the OpenVINO IR (default keras)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"],
-                        help="the OpenVINO IR's precision (default fp32)")
+    add_runtime_arguments(parser, "also build and cache the OpenVINO IR")
     args = parser.parse_args(argv)
-    if args.precision and args.runtime != "openvino":
-        parser.error(f"--precision {args.precision} is the OpenVINO runtime's: add "
-                     "--runtime openvino (the Keras weights are always fp32)")
+    check_runtime_arguments(parser, args)
     if args.list and args.runtime != "keras":
         parser.error("--list shows the weights cache; --runtime goes with NAMEs or --all")
     if sum([bool(args.names), args.all, args.list]) != 1:
