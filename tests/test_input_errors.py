@@ -506,10 +506,13 @@ TRAINING_CALLS = {
     "evaluate": lambda m, x: m.evaluate(x, np.zeros((len(x), 4)), verbose=0),
     "train_on_batch": lambda m, x: m.train_on_batch(x, np.zeros((len(x), 4))),
     "test_on_batch": lambda m, x: m.test_on_batch(x, np.zeros((len(x), 4))),
+    "fit-validation_data": lambda m, x: m.fit(x / 255, np.zeros((len(x), 4)), verbose=0,
+                                              validation_data=(x, np.zeros((len(x), 4)))),
 }
-PIXELS_0_255 = (r"^Model 'tiny' got images with values in \[0\.\d+, 255\]: the model takes "
-                r"float32 in \[-1, 1\] \(values beyond \+-2\.5 are refused\)\. They look like "
-                r"pixels 0\.\.255: pass them through vit_hub\.preprocess\(images\)")
+PIXELS_0_255 = (r"^Model 'tiny'( \(validation_data\))? got images with values in "
+                r"\[0\.\d+, 255\]: the model takes float32 in \[-1, 1\] \(values beyond "
+                r"\+-2\.5 are refused\)\. They look like pixels 0\.\.255: pass them through "
+                r"vit_hub\.preprocess\(images\)")
 
 
 @pytest.mark.backends
@@ -714,7 +717,8 @@ def test_flags_that_are_not_bools_are_a_type_error(value, no_work):
 
 def test_the_openvino_runtime_refuses_them_too(model):
     fast = vit_hub.to_openvino(model)
-    with pytest.raises(vit_hub.ImageError, match=PIXELS_0_255.replace("Model", "OpenVINO model")):
+    in_openvino = PIXELS_0_255.replace("Model", "OpenVINO model")
+    with pytest.raises(vit_hub.ImageError, match=in_openvino):
         fast(_floats_0_255())
     with pytest.raises(vit_hub.ImageError, match=r"takes a batch \(B, 32, 32, 3\)"):
         fast.predict(np.zeros((2, 64, 64, 3), np.float32))

@@ -178,8 +178,9 @@ def test_convert_weights_then_offline_load(tmp_path, name, width, register):
     # A cache hit on each backend, fresh processes: the same features, and off TensorFlow
     # nothing of TensorFlow imported.
     size = vit_hub.get_entry(name).image_size[0]
-    script = (register + f"import sys, keras, vit_hub, numpy as np; m = vit_hub.load_pretrained({name!r}); "
-              f"x = np.random.default_rng(0).uniform(-1, 1, (2, {size}, {size}, 3)).astype('float32'); "
+    script = (register + "import sys, keras, vit_hub, numpy as np; "
+              f"m = vit_hub.load_pretrained({name!r}); x = np.random.default_rng(0).uniform("
+              f"-1, 1, (2, {size}, {size}, 3)).astype('float32'); "
               "y = keras.ops.convert_to_numpy(m(x)); np.save(sys.argv[1], y); print(y.shape); "
               "print(sorted(k for k in ('tensorflow', 'tensorflow_hub', 'kagglehub', 'tf_keras') "
               "if k in sys.modules))")
@@ -196,7 +197,8 @@ def test_convert_weights_then_offline_load(tmp_path, name, width, register):
     for backend in ("jax", "torch"):  # float32 on other kernels: a few ulps (tests/test_backends.py)
         assert np.abs(features[backend] - features["tensorflow"]).max() <= 1e-5, backend
 
-    empty = run([sys.executable, "-c", register + f"import vit_hub; vit_hub.load_pretrained({name!r})"],
+    load = register + f"import vit_hub; vit_hub.load_pretrained({name!r})"
+    empty = run([sys.executable, "-c", load],
                 {"VIT_HUB_CACHE": str(tmp_path / "empty"), "VIT_HUB_OFFLINE": "1"}, cwd=tmp_path)
     assert empty.returncode == 1
     last = empty.stderr.strip().splitlines()[-1]

@@ -148,6 +148,9 @@ def _checks_data(method):
     def checked(self, x=None, *args, **kwargs):
         where = f"Model {self.name!r}"
         check_images(x, where, self.image_size)
+        validation = kwargs.get("validation_data")  # (fit's (x, y) arrays)
+        if isinstance(validation, (tuple, list)) and validation:
+            check_images(validation[0], f"{where} (validation_data)", self.image_size)
         if (_static_shape(x) or (1,))[0] == 0:  # (Keras' loops fail on it, unclearly)
             raise ImageError(f"{where}.{method.__name__} got an empty batch (0 images).")
         return method(self, x, *args, **kwargs)
