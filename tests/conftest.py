@@ -156,13 +156,11 @@ def images():
 
 @pytest.fixture(scope="session")
 def tiny_saved_model(tmp_path_factory):
-    """The tiny fe model exported in the published format (random weights, seed 3)."""
-    from vit_hub.conversion import published_format
+    """The tiny fe model exported in the published format (random weights, seed 3),
+    shared by every module (tests/checkpoints.py); tests only read it."""
+    from tests import checkpoints
 
-    config = tiny_hub_config()
-    params = published_format.init_params(config, "fe", seed=3)
-    return published_format.export_saved_model(
-        params, config, "fe", str(tmp_path_factory.mktemp("tiny") / "hub"))
+    return checkpoints.saved_model(TINY_NAME)
 
 
 def cache_files(root):

@@ -39,6 +39,7 @@ import pytest
 
 import vit_hub
 import vit_hub.cli.convert_weights
+from tests import checkpoints
 from tests.conftest import CATALOGUE, TINY_HANDLE, TINY_IMAGE, TINY_NAME
 from tests.kaggle_server import FakeKaggle, kaggle_env, lay_out_kagglehub_cache
 from vit_hub.cache import CacheEntry
@@ -125,8 +126,7 @@ def env(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def warm_cache(tmp_path_factory, tiny_saved_model):
     """A cache holding a complete entry of the tiny model (copy it before changing it)."""
-    root = tmp_path_factory.mktemp("warm") / "vit_hub"
-    convert_into_cache(NAME, cache_dir=root, source=tiny_saved_model, verify=False)
+    root = checkpoints.cache_copy(tmp_path_factory.mktemp("warm") / "vit_hub", NAME)
     assert CacheEntry(NAME, root).state() == "ok"
     return root
 

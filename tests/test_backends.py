@@ -77,18 +77,10 @@ def runs(tmp_path_factory, tiny_saved_model):
     """Each backend's run over one cache, converted on TensorFlow here."""
     from PIL import Image
 
-    from vit_hub.conversion import published_format
-    from vit_hub.conversion.pipeline import convert_into_cache
+    from tests import checkpoints
 
     tmp = tmp_path_factory.mktemp("backends")
-    cache = tmp / "cache"
-    convert_into_cache(TINY_NAME, cache_dir=cache, source=tiny_saved_model)
-    config = published_format.HubConfig(8, 32, 2, 4, 64, num_classes=1000,
-                                        image_size=TINY_HYBRID_IMAGE, resnet_units=(1, 1, 1, 1))
-    hybrid = published_format.export_saved_model(
-        published_format.init_params(config, "classification", seed=5), config,
-        "classification", str(tmp / "hybrid"))
-    convert_into_cache(HYBRID, cache_dir=cache, source=hybrid)
+    cache = checkpoints.cache_copy(tmp / "cache", TINY_NAME, HYBRID)
     png = tmp / "photo.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 45, 3), np.uint8)).save(png)
     return {backend: run_child(backend, cache, tmp, png) for backend in BACKENDS}

@@ -2,6 +2,7 @@
 what stays light (no deep-learning framework imported)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from tests.conftest import TINY, TINY_ENTRY
 from vit_hub import errors
 from vit_hub.architecture import Architecture, image_hw
 from vit_hub.catalogue import ModelEntry
+from vit_hub.conversion.name_map import linen_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLISHED = ("s16", "b8", "b16", "b32", "l16", "r26_s32_lightaug", "r26_s32_medaug", "r50_l32")
@@ -44,10 +46,29 @@ def test_every_published_model_has_a_converter():
     assert "medaug" in vit_hub.get_entry("vit_r26_s32_lightaug_fe").note
 
 
-@pytest.mark.parametrize("name,variant", [
+PUBLISHED_VARIANTS = [
     ("vit_b8", "vit_b8"), ("vit_b16", "vit_b16"), ("vit_b32", "vit_b32"), ("vit_s16", "vit_s16"),
     ("vit_l16", "vit_l16"), ("vit_r26_s32_lightaug", "vit_r26_s32"),
-    ("vit_r26_s32_medaug", "vit_r26_s32"), ("vit_r50_l32", "vit_r50_l32")])
+    ("vit_r26_s32_medaug", "vit_r26_s32"), ("vit_r50_l32", "vit_r50_l32")]
+
+
+@pytest.mark.parametrize("name,variant", PUBLISHED_VARIANTS)
+def test_counts_of_every_model_are_its_architectures(name, variant):
+    """The manifest's counts, by arithmetic (the name map's shape of every weight, which
+    tests/test_converters.py holds against built models)."""
+    for kind, top in (("fe", False), ("classification", True)):
+        entry = vit_hub.get_entry(f"{name}_{kind}")
+        architecture = Architecture(**vit_hub.variant_config(variant), image_size=224,
+                                    include_top=top, num_classes=1000)
+        shapes = linen_shapes(architecture)
+        assert entry.num_params == sum(math.prod(shape) for shape in shapes.values())
+        assert entry.num_tensors == len(shapes)
+        assert entry.architecture == architecture
+        assert entry.output["shape"][1:] == [1000 if top else architecture.hidden_dim]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,variant", PUBLISHED_VARIANTS)
 def test_counts_of_every_model_are_the_built_models(name, variant):
     from vit_hub.layers import weights_to_be_loaded
 
@@ -62,7 +83,7 @@ def test_counts_of_every_model_are_the_built_models(name, variant):
 
 
 def test_entries_round_trip_through_their_json_form():
-    manifest = json.load(open(os.path.join(REPO, "weights_manifest.json")))["models"]
+    manifest = json.load(open(os.path.join(REPO, "vit_hub", "weights_manifest.json")))["models"]
     for name, fields in manifest.items():
         entry = vit_hub.get_entry(name)
         assert entry.to_dict() == fields
@@ -82,7 +103,7 @@ def test_the_manifest_is_installed_and_the_wheel_holds_one_package(tmp_path):
         entry_points = archive.read(next(n for n in archive.namelist()
                                          if n.endswith("entry_points.txt"))).decode()
     assert {t for t in tops if not t.endswith(".dist-info")} == {"vit_hub"}
-    assert json.loads(shipped) == json.load(open(os.path.join(REPO, "weights_manifest.json")))
+    assert json.loads(shipped) == json.load(open(os.path.join(REPO, "vit_hub", "weights_manifest.json")))
     assert "convert-weights = vit_hub.cli.convert_weights:main" in entry_points
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",

@@ -89,10 +89,10 @@ def test_train_from_scratch_runs_and_the_loss_decreases(tmp_path):
 
 
 def test_migrate_from_hub_runs_both_phases_and_reloads(tmp_path, tiny_saved_model):
+    from tests import checkpoints
     from tests.conftest import TINY_NAME
-    from vit_hub.conversion.pipeline import convert_into_cache
 
-    convert_into_cache(TINY_NAME, cache_dir=tmp_path / "cache", source=tiny_saved_model)
+    checkpoints.cache_copy(tmp_path / "cache", TINY_NAME)
     output = tmp_path / "migrate.png"
     result = load_example("migrate_from_hub").main([
         "--handle", "spsayakpaul/vision-transformer/TensorFlow2/vit-tiny8-fe",

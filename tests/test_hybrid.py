@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import vit_hub
+from tests import checkpoints
 from tests.conftest import BACKEND, TINY_HYBRID, TINY_HYBRID_IMAGE, needs_training
 from vit_hub.conversion import published_format
 from vit_hub.conversion.parity import TOLERANCE, hub_outputs, parity_inputs
-from vit_hub.conversion.pipeline import convert_into_cache
+from vit_hub.cache import CacheEntry
 from vit_hub.errors import ExportError
 
 pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO
@@ -23,18 +24,14 @@ FE, CLASSIFICATION = "vit_r14_tiny32_fe", "vit_r14_tiny32_classification"
 @pytest.fixture(scope="module")
 def hybrid_cache(tmp_path_factory):
     """(cache dir, {kind: SavedModel dir}): both kinds converted, verified and cached."""
-    root = tmp_path_factory.mktemp("hybrid")
-    config = published_format.HubConfig(num_classes=1000, image_size=TINY_HYBRID_IMAGE,
-                                        **TINY_HYBRID)
-    sources = {}
-    for name, kind in ((FE, "fe"), (CLASSIFICATION, "classification")):
-        params = published_format.init_params(config, kind, seed=5)
-        sources[kind] = published_format.export_saved_model(params, config, kind,
-                                                            str(root / kind))
-        metadata = convert_into_cache(name, cache_dir=root / "cache", source=sources[kind])
+    cache = checkpoints.cache_copy(tmp_path_factory.mktemp("hybrid") / "cache", FE,
+                                   CLASSIFICATION)
+    for name in (FE, CLASSIFICATION):
+        metadata = CacheEntry(name, cache).metadata()
         assert metadata["parity"]["max_abs"] <= TOLERANCE
         assert metadata["architecture"]["resnet_units"] == [1, 1, 1, 1]
-    return root / "cache", sources
+    return cache, {"fe": checkpoints.saved_model(FE),
+                   "classification": checkpoints.saved_model(CLASSIFICATION)}
 
 
 def load(name, cache, **kwargs):

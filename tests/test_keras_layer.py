@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import vit_hub
+from tests import checkpoints
 from tests.conftest import (BACKEND, TINY_CLASSIFICATION, TINY_IMAGE, TINY_NAME,
                             needs_training, numpy, tensorflow_only, tiny_hub_config)
 from vit_hub.conversion import published_format
@@ -33,10 +34,9 @@ SEED_URL = ("https://www.kaggle.com/models/spsayakpaul/vision-transformer/Tensor
 def caches(tmp_path_factory):
     """A cache with the tiny fe/classification models and (on TensorFlow) the full-size
     vit_b8_classification, converted from test-built published-format checkpoints; {name: SavedModel}."""
-    root = tmp_path_factory.mktemp("keras_layer")
-    builds = {TINY_NAME: (tiny_hub_config(), "fe"),
-              TINY_CLASSIFICATION: (tiny_hub_config(), "classification")}
-    return root / "cache", {name: _build(root, name, *build) for name, build in builds.items()}
+    names = (TINY_NAME, TINY_CLASSIFICATION)
+    cache = checkpoints.cache_copy(tmp_path_factory.mktemp("keras_layer") / "cache", *names)
+    return cache, {name: checkpoints.saved_model(name) for name in names}
 
 
 def _build(root, name, config, kind):

@@ -48,11 +48,9 @@ def int8(model):
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_saved_model):
-    from vit_hub.conversion.pipeline import convert_into_cache
+    from tests import checkpoints
 
-    root = tmp_path_factory.mktemp("ov-cache")
-    convert_into_cache(TINY_NAME, cache_dir=root, source=tiny_saved_model)
-    return root
+    return checkpoints.cache_copy(tmp_path_factory.mktemp("ov") / "cache", TINY_NAME)
 
 
 def cosine_min(a, b):

@@ -1,11 +1,13 @@
 """Every published-size variant: exact parameter counts and output shapes."""
 
+import math
+
 import pytest
 
 import vit_hub
+from vit_hub.architecture import Architecture
+from vit_hub.conversion.name_map import linen_shapes
 from vit_hub.layers import weights_to_be_loaded
-
-pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO
 
 # Parameter counts of the reference implementations (google-research / timm), at 224,
 # with a 1000-class head / without head.
@@ -32,25 +34,45 @@ def test_list_variants():
     assert vit_hub.list_variants()[:12] == SHIPPED  # variants registered later follow
 
 
-@pytest.mark.parametrize("name", SHIPPED)
-def test_parameter_counts_and_shapes(name):
+def expected_shapes(name):
+    """Output shapes of a variant at 224, with a 1000-class head and without head, from
+    its name (width from the size letter, tokens from the patch)."""
     last = name.rsplit("_", 1)[-1]  # 'b16'; 's32' of 'vit_r26_s32'
     size, patch = last.rstrip("0123456789"), int(last.lstrip("tislbh"))
-    width, tokens = WIDTH[size], (224 // patch) ** 2 + 1
+    return (None, 1000), (None, (224 // patch) ** 2 + 1, WIDTH[size])
+
+
+def counted_params(name, include_top):
+    """Parameters of a variant by arithmetic: the name map's shape of every weight
+    (tests/test_converters.py checks those shapes against built models' variables)."""
+    architecture = Architecture(**vit_hub.variant_config(name), image_size=224,
+                                include_top=include_top, num_classes=1000)
+    return sum(math.prod(shape) for shape in linen_shapes(architecture).values())
+
+
+@pytest.mark.parametrize("name", [name for name in SHIPPED if name in PARAMS])
+def test_parameter_counts(name):
+    assert (counted_params(name, True), counted_params(name, False)) == PARAMS[name]
+
+
+# Full-size models built to count their variables: the arithmetic above, proven on every
+# layer once. ViT-H is 2.5 GB a model and seconds to build on each backend, so not in CI.
+@pytest.mark.slow
+@pytest.mark.backends
+@pytest.mark.parametrize("name", SHIPPED)
+def test_built_models_have_the_counted_parameters_and_shapes(name):
     factory = getattr(vit_hub, f"create_{name}")
-    counts = []
-    for build, shape in ((lambda: factory(include_top=True, num_classes=1000), (None, 1000)),
-                         (lambda: vit_hub.create_vit(name, include_top=False),
-                          (None, tokens, width))):
+    builds = (lambda: factory(include_top=True, num_classes=1000),
+              lambda: vit_hub.create_vit(name, include_top=False))
+    for top, build, shape in zip((True, False), builds, expected_shapes(name), strict=True):
         with weights_to_be_loaded():  # shapes and counts only: no random initialisation
             model = build()
         assert model.output_shape == shape
-        counts.append(model.count_params())
-        del model  # ViT-H is 2.5 GB a model
-    if name in PARAMS:
-        assert tuple(counts) == PARAMS[name]
+        assert model.count_params() == counted_params(name, top)
+        del model
 
 
+@pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO
 @pytest.mark.parametrize("size,tokens", [(256, 257), (384, 577), ((224, 320), 281)])
 def test_published_patch_grid_at_other_sizes(size, tokens):
     tokens_model = vit_hub.create_vit("vit_ti16", image_size=size, include_top=False)
