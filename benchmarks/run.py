@@ -603,9 +603,8 @@ def runtime_choice(result):
     rows = {}
     for batch, t in result["throughput"].items():
         rates = t["images_per_s"]
-        best = lambda prefix: max((k for k in rates if k.startswith(prefix)), key=rates.get,
-                                  default=None)
-        ort, ov = best("onnxruntime_"), best("openvino_")
+        ort, ov = (max((k for k in rates if k.startswith(prefix)), key=rates.get, default=None)
+                   for prefix in ("onnxruntime_", "openvino_"))
         if ort is None or ov is None:  # (OpenVINO fp32 failed its gate: its record says why)
             continue
         rows[batch] = {"fastest_onnxruntime": ort, "fastest_openvino": ov,
@@ -837,6 +836,7 @@ def first_model(args):
 def embed(args):
     """vit-embed (1 and 2 workers) against a plain predict loop: benchmarks/embed.py."""
     from embed import bench_embed  # beside this script
+
     from vit_hub.conversion.pipeline import convert_into_cache
 
     name, register = first_model(args)
@@ -857,6 +857,7 @@ def finetune(args, host):
     """The hub trainable layer against vit_hub's fit per backend and precision, and full
     fine-tuning against LoRA: benchmarks/finetune.py."""
     from finetune import bench_finetune, print_finetune  # beside this script
+
     from vit_hub.conversion.pipeline import convert_into_cache
 
     name, register = first_model(args)

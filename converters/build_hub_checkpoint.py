@@ -12,7 +12,12 @@ Needs the `hub-format` extra: `pip install -e ".[hub-format]"`.
 import argparse
 import sys
 
-from vit_hub.conversion import published_format as hub
+from vit_hub.terminal import start_tensorflow_quietly
+
+# Before published_format imports TensorFlow: its C++ start-up lines kept off the
+# terminal, as the library leaves that to the entry points.
+start_tensorflow_quietly()
+from vit_hub.conversion import published_format as hub  # noqa: E402
 
 
 def _parse(argv):

@@ -13,10 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-import vit_hub
-
 # `python examples/NAME.py` puts examples/ first on sys.path: the shared helpers are found there.
 from shared import pretrained_backbone  # noqa: E402
+
+import vit_hub
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -35,7 +35,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
 
 # `python examples/NAME.py` puts examples/ first on sys.path: the shared helpers are found there.
-from shared import BACKBONE as NAME, load_digits, merge, plot, pretrained_backbone, split, train  # noqa: E402,E501
+from shared import BACKBONE as NAME  # noqa: E402,E501
+from shared import load_digits, merge, plot, pretrained_backbone, split, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 10
@@ -120,7 +121,6 @@ def main(argv=None):
     args = parse_args(argv)  # before the slow imports, so --help is instant
     import keras
 
-    import vit_hub
 
     start = time.perf_counter()
     keras.utils.set_random_seed(args.seed)

@@ -2,7 +2,8 @@
 (1,797 8x8 images, shipped inside scikit-learn) as ViT inputs, and the training curves."""
 
 import os
-import runpy
+import subprocess
+import sys
 from functools import partial
 
 import numpy as np
@@ -14,8 +15,9 @@ BACKBONE = "vit_b32_fe"
 
 def load_digits(samples, image_size, seed):
     """(images in [-1, 1] at image_size, labels), a seeded random subset."""
-    import vit_hub
     from sklearn.datasets import load_digits as sklearn_digits
+
+    import vit_hub
 
     digits = sklearn_digits()
     # The digits' pixels are 0..16; as 8-bit RGB they look like any photo to preprocess.
@@ -43,7 +45,7 @@ def plot(history, path, title, phase_boundary=None, branch=None):
 
     epochs = np.arange(1, len(history["loss"]) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ["loss", "accuracy"]):
+    for ax, metric in zip(axes, ["loss", "accuracy"], strict=True):
         ax.plot(epochs, history[metric], "o-", label="train")
         ax.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
         if branch:
@@ -73,8 +75,9 @@ def backbone_cache():
 
     if CacheEntry(BACKBONE).state() != "ok" and CacheEntry(BACKBONE, DEMO_CACHE).state() != "ok":
         # The demo fills the user cache from Kaggle when reachable, else out/demo-cache.
-        print(f"No {BACKBONE} in any cache: running examples/demo.py first.")
-        runpy.run_path(os.path.join(REPO, "examples", "demo.py"), run_name="__main__")
+        print(f"No {BACKBONE} in any cache: running examples/demo.py first.", flush=True)
+        subprocess.run([sys.executable, os.path.join(REPO, "examples", "demo.py")],
+                       check=True)
     if CacheEntry(BACKBONE).state() == "ok":
         return None, "the converted checkpoint in the user cache", False
     return (DEMO_CACHE, "the TEST-BUILT stand-in in out/demo-cache with RANDOM weights "

@@ -69,10 +69,11 @@ def install_points():
     if point and point not in POINTS:
         raise SystemExit(f"fault_driver: unknown FAULT_PAUSE {point!r}; one of {list(POINTS)}")
 
-    import vit_hub.conversion.convert
-    import vit_hub.conversion.pipeline
     import h5py
     import kagglehub.clients
+
+    import vit_hub.conversion.convert
+    import vit_hub.conversion.pipeline
     import vit_hub.files
 
     # Counts conversions (the concurrency test wants exactly one).
@@ -163,8 +164,8 @@ def barrier():
 
 def main(argv):
     mode, args = argv[0], argv[1:]
-    import vit_hub.cli.convert_weights
     import vit_hub
+    import vit_hub.cli.convert_weights
 
     register_catalogue()
     install_points()

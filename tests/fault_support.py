@@ -44,7 +44,6 @@ from tests.conftest import CATALOGUE, TINY_HANDLE, TINY_IMAGE, TINY_NAME
 from tests.kaggle_server import FakeKaggle, kaggle_env, lay_out_kagglehub_cache
 from vit_hub.cache import CacheEntry
 from vit_hub.conversion.parity import hub_outputs, parity_inputs
-from vit_hub.conversion.pipeline import convert_into_cache
 
 NAME = TINY_NAME
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_IMAGE, TINY_NAME, TINY_HYBRID_IMAGE, tiny_hub_config
+from tests.conftest import TINY_HYBRID_IMAGE, TINY_IMAGE, TINY_NAME
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("tensorflow", "jax", "torch", "openvino")
@@ -29,7 +29,7 @@ TOLERANCE = 1e-5
 
 # Everything a user does after the cache is filled: load (at the trained size and another),
 # preprocess arrays and an image file, call, look at attention, save an overlay.
-CHILD = """
+CHILD = f"""
 import json, sys
 import numpy as np
 import keras, vit_hub
@@ -38,25 +38,24 @@ from tests.conftest import register_catalogue  # the tiny catalogue, as a user r
 out, png = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(0)
 pixels = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
-model = vit_hub.load_pretrained({tiny!r})
-images = vit_hub.preprocess([pixels, png], image_size={tiny_size})
+model = vit_hub.load_pretrained({TINY_NAME!r})
+images = vit_hub.preprocess([pixels, png], image_size={TINY_IMAGE})
 maps = vit_hub.attention_maps(model, images)
 rollout = vit_hub.attention_rollout(maps, model.grid_size)
 vit_hub.save_attention_overlay(images[0], rollout[0], out + ".png")
-bigger = vit_hub.load_pretrained({tiny!r}, image_size=48)
-hybrid = vit_hub.load_pretrained({hybrid!r})
+bigger = vit_hub.load_pretrained({TINY_NAME!r}, image_size=48)
+hybrid = vit_hub.load_pretrained({HYBRID!r})
 results = dict(
     images=images,
     features=keras.ops.convert_to_numpy(model(images)),
     attention=np.stack(maps), rollout=rollout,
     resampled=keras.ops.convert_to_numpy(bigger(vit_hub.preprocess(pixels, image_size=48))),
-    hybrid=keras.ops.convert_to_numpy(hybrid(vit_hub.preprocess(pixels, image_size={hybrid_size}))),
+    hybrid=keras.ops.convert_to_numpy(hybrid(vit_hub.preprocess(pixels, image_size={TINY_HYBRID_IMAGE}))),
 )
 np.savez(out, **results)
 print(json.dumps(dict(backend=keras.backend.backend(),
-                      loaded=[name for name in {heavy!r} if name in sys.modules])))
-""".format(tiny=TINY_NAME, hybrid=HYBRID, tiny_size=TINY_IMAGE, hybrid_size=TINY_HYBRID_IMAGE,
-           heavy=HEAVY)
+                      loaded=[name for name in {HEAVY!r} if name in sys.modules])))
+"""
 
 
 def run_child(backend, cache, tmp_path, png):

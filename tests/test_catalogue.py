@@ -40,7 +40,7 @@ def test_the_16_published_models():
 def test_every_published_model_has_a_converter():
     for name in vit_hub.list_models()[:16]:
         assert vit_hub.get_entry(name).converter == "vit", name
-        vit_hub.get_entry(name).architecture  # raises UnsupportedModelError otherwise
+        _ = vit_hub.get_entry(name).architecture  # raises UnsupportedModelError otherwise
     assert vit_hub.get_entry("vit_r50_l32_fe").top1 == 83.784
     assert vit_hub.get_entry("vit_b32_classification").top1 == 79.436
     assert "medaug" in vit_hub.get_entry("vit_r26_s32_lightaug_fe").note
@@ -254,13 +254,21 @@ def test_import_vit_hub_is_light():
     assert done.stdout.strip() == "[]", done.stderr
 
 
-@pytest.mark.parametrize("first", ["keras", "tensorflow"])
-def test_keras_files_load_after_a_bare_import_vit_hub(tmp_path, first):
-    """Keras finds the classes of a .keras file by registered name: they are registered
-    as soon as Keras is imported, whichever is imported first."""
+@pytest.mark.parametrize("imports", ["import keras, vit_hub", "import tensorflow, vit_hub",
+                                     "import vit_hub, vit_hub.model"])
+def test_keras_files_load_once_vit_hub_registered_its_classes(tmp_path, imports):
+    """Keras finds the classes of a .keras file by registered name: `import vit_hub`
+    registers them when Keras is already imported (it stays light otherwise), and
+    importing the module that defines them registers them, as Keras documents."""
     path = tmp_path / "tiny.keras"
     vit_hub.VisionTransformer(image_size=16, **{**TINY, "num_layers": 1}, num_classes=3).save(path)
-    done = run_python(f"import vit_hub, {first}, keras, sys; "
+    done = run_python(f"{imports}; import keras, sys; "
                       f"model = keras.saving.load_model({str(path)!r}); "
                       f"print(type(model).__name__, 'vit_hub.model' in sys.modules)")
     assert done.stdout.strip() == "VisionTransformer True", done.stderr
+
+
+def test_importing_vit_hub_changes_no_import_machinery():
+    done = run_python("import sys; before = list(sys.meta_path); import vit_hub; "
+                      "print(sys.meta_path == before, 'keras' in sys.modules)")
+    assert done.stdout.strip() == "True False", done.stderr

@@ -12,14 +12,14 @@ import zlib
 import numpy as np
 import pytest
 
-from vit_hub.errors import ConversionError
+import vit_hub
+from vit_hub import Architecture, VisionTransformer
+from vit_hub.conversion import published_format as hub_export
 from vit_hub.conversion.convert import convert, metadata_path, write_converted
 from vit_hub.conversion.hub_saved_model import flatten_order, read_hub_saved_model
 from vit_hub.conversion.name_map import linen_shapes, linen_to_native
 from vit_hub.conversion.parity import TOLERANCE, ParityError, parity_inputs
-from vit_hub.conversion import published_format as hub_export
-import vit_hub
-from vit_hub import Architecture, VisionTransformer
+from vit_hub.errors import ConversionError
 
 # Tiny stand-ins for the published archs: same patch sizes, same layer kinds, few blocks.
 TINY = {

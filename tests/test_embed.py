@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_CLASSIFICATION, TINY_IMAGE, TINY_NAME, tiny_hub_config
+from tests.conftest import TINY_CLASSIFICATION, TINY_IMAGE, TINY_NAME
 from vit_hub.errors import (
     AccuracyError,
     CacheError,

@@ -103,3 +103,46 @@ def test_migrate_from_hub_runs_both_phases_and_reloads(tmp_path, tiny_saved_mode
     assert_png(output)
     assert len(result["history"]["loss"]) == 2  # frozen, then unfrozen
     assert result["reload_max_abs_diff"] < 1e-5
+
+
+# === examples/demo.py: the main job, through the public API ===
+
+DEMO = os.path.join(EXAMPLES, "demo.py")
+
+
+def test_demo_uses_the_public_api_only():
+    """The demo imports `vit_hub` and, to build a stand-in checkpoint, its
+    `conversion.published_format`; every `vit_hub.NAME` it uses is in `vit_hub.__all__`
+    (the conversion itself runs through the `convert-weights` command)."""
+    import ast
+
+    import vit_hub
+
+    tree = ast.parse(open(DEMO, encoding="utf-8").read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names if a.name.startswith("vit_hub")}
+        elif isinstance(node, ast.ImportFrom) and node.module.startswith("vit_hub"):
+            imported |= {f"{node.module}.{a.name}" for a in node.names}
+    assert imported == {"vit_hub", "vit_hub.conversion.published_format"}
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == "vit_hub"}
+    assert used and used <= set(vit_hub.__all__), used - set(vit_hub.__all__)
+
+
+@pytest.mark.slow
+def test_demo_prints_only_its_lines(tmp_path):
+    """The whole demo on a full-size ViT-B/32 (about a minute). Offline (VIT_HUB_OFFLINE,
+    an empty user cache) it builds, converts and uses the stand-in in --out, and prints
+    no warning and no TensorFlow start-up line between its own lines."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, VIT_HUB_OFFLINE="1", VIT_HUB_CACHE=os.fspath(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, DEMO, "--out", os.fspath(tmp_path)],
+                          capture_output=True, text=True, timeout=1800, env=env)
+    assert done.returncode == 0, done.stderr[-5000:]
+    output = done.stdout + done.stderr
+    assert "Warning" not in output and "I0000" not in output, output
+    assert "load_pretrained('vit_b32_fe'): 87,455,232 parameters" in done.stdout

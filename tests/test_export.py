@@ -7,11 +7,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import warnings
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
 import vit_hub
 from tests.conftest import TINY, TINY_IMAGE
 from vit_hub import export

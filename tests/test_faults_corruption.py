@@ -31,14 +31,14 @@ def _flip(path):
 
 
 CORRUPTIONS = {
-    "bit-flip": (lambda w, m: _flip(w), "fail their sha256 check"),
-    "truncated": (lambda w, m: os.truncate(w, w.stat().st_size // 2), "fail their sha256 check"),
-    "empty": (lambda w, m: os.truncate(w, 0), "fail their sha256 check"),
+    "bit-flip": (lambda w, m: _flip(w), "fails its sha256 check"),
+    "truncated": (lambda w, m: os.truncate(w, w.stat().st_size // 2), "fails its sha256 check"),
+    "empty": (lambda w, m: os.truncate(w, 0), "fails its sha256 check"),
     "weights-deleted": (lambda w, m: w.unlink(), "is missing"),
     "metadata-garbage": (lambda w, m: m.write_text('{"sha256": "ab'), "is unreadable"),
     "metadata-not-an-object": (lambda w, m: m.write_text("[1, 2]"), "is unreadable"),
     "metadata-other-sha": (lambda w, m: m.write_text(json.dumps({"sha256": "0" * 64})),
-                           "fail their sha256 check"),
+                           "fails its sha256 check"),
 }
 
 
@@ -78,8 +78,8 @@ def test_corrupt_weights_given_by_path_are_not_loaded(tmp_path, warm_cache, monk
     os.truncate(weights, weights.stat().st_size - 100)
     reads = []
     monkeypatch.setattr(vit_hub.pretrained, "open_weights_file", lambda p: reads.append(p))
-    with pytest.raises(WeightsError, match=r"cannot be verified: the weights .* fail their "
-                       r"sha256 check against .*\.json \(corrupt, truncated or changed\); "
-                       r"they are not loaded"):
+    with pytest.raises(WeightsError, match=r"cannot be verified: .*\.h5 fails its sha256 "
+                       r"check against .*\.json \(corrupt, truncated or changed\); "
+                       r"it is not loaded"):
         vit_hub.load_pretrained(NAME, weights=weights)
     assert reads == []

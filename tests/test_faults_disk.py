@@ -140,3 +140,45 @@ def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "shared.json").st_mode) == 0o644
+
+
+def test_a_set_of_files_is_published_whole_or_not_at_all(tmp_path, monkeypatch):
+    """`files.atomic_files`, the writer of cache entries and OpenVINO IRs: a failure while
+    staging leaves the old set; a failing move leaves no record and no half set."""
+    weights, record = str(tmp_path / "w.bin"), str(tmp_path / "w.json")
+
+    def write(staged, text):
+        for path in staged.values():
+            with open(path, "w") as f:
+                f.write(text)
+
+    write({weights: weights, record: record}, "old")
+    with pytest.raises(OSError), vit_hub.files.atomic_files([weights, record]) as staged:
+        write(staged, "new")
+        _enospc()
+    assert files(tmp_path) == ["w.bin", "w.json"] and open(weights).read() == "old"
+
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: _enospc() if dst == record
+                        else replace(src, dst))
+    with pytest.raises(OSError), vit_hub.files.atomic_files([weights, record]) as staged:
+        write(staged, "new")
+    assert files(tmp_path) == []
+
+
+def test_a_published_folder_follows_the_umask_and_replaces_the_old_one(tmp_path):
+    """`files.atomic_folder` (exports): mkdtemp's private 0700 is not what is published."""
+    import stat
+
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    old = os.umask(0o022)
+    try:
+        with vit_hub.files.atomic_folder(target) as tmp:
+            with open(os.path.join(tmp, "new.txt"), "w") as f:
+                f.write("new")
+    finally:
+        os.umask(old)
+    assert files(tmp_path) == ["export/new.txt"]
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o755

@@ -128,7 +128,7 @@ def test_four_processes_at_once_convert_once(env, monkeypatch, tiny_saved_model)
         children = [env.child(*job, FAULT_BARRIER=f"{barrier}:4", FAULT_LOG=str(log))
                     for job in jobs]
         outputs = [child.communicate(timeout=400) for child in children]
-    for child, (out, err) in zip(children, outputs):
+    for child, (_, err) in zip(children, outputs):
         assert child.returncode == 0, err[-3000:]
     assert open(log).read().count("convert ") == 1  # one conversion ...
     assert server.requests.count(LIST_FILES) == 1  # ... from one download

@@ -445,3 +445,15 @@ def test_full_size_b32_fe_cli(tmp_path):
     np.testing.assert_allclose(hub.KerasLayer(out)(x).numpy(),
                                he.flax_apply(params, he.ARCHS["b32"], x),
                                atol=1e-4, rtol=0)
+
+
+def test_importing_the_reference_changes_no_environment():
+    """published_format is a library module: TensorFlow's log level is the entry points'
+    to set (conftest, the CLIs, converters/build_hub_checkpoint.py), not an import's."""
+    import ast
+
+    tree = ast.parse(open(he.__file__).read())
+    top_level = [node for node in tree.body if not isinstance(
+        node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    assert "environ" not in {n.attr for node in top_level for n in ast.walk(node)
+                             if isinstance(n, ast.Attribute)}

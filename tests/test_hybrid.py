@@ -10,10 +10,9 @@ import pytest
 
 import vit_hub
 from tests import checkpoints
-from tests.conftest import BACKEND, TINY_HYBRID, TINY_HYBRID_IMAGE, needs_training
-from vit_hub.conversion import published_format
-from vit_hub.conversion.parity import TOLERANCE, hub_outputs, parity_inputs
+from tests.conftest import BACKEND, TINY_HYBRID_IMAGE, needs_training
 from vit_hub.cache import CacheEntry
+from vit_hub.conversion.parity import TOLERANCE, hub_outputs, parity_inputs
 from vit_hub.errors import ExportError
 
 pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO

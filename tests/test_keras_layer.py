@@ -18,8 +18,14 @@ import pytest
 
 import vit_hub
 from tests import checkpoints
-from tests.conftest import (BACKEND, TINY_CLASSIFICATION, TINY_IMAGE, TINY_NAME,
-                            needs_training, numpy, tensorflow_only, tiny_hub_config)
+from tests.conftest import (
+    TINY_CLASSIFICATION,
+    TINY_IMAGE,
+    TINY_NAME,
+    needs_training,
+    numpy,
+    tensorflow_only,
+)
 from vit_hub.conversion import published_format
 from vit_hub.conversion.parity import TOLERANCE, hub_outputs, parity_inputs
 from vit_hub.conversion.pipeline import convert_into_cache

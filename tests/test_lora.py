@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 import vit_hub
-from tests.conftest import (BACKEND, TINY, TINY_HYBRID, TINY_HYBRID_IMAGE, TINY_IMAGE,
-                            needs_training, numpy)
+from tests.conftest import (
+    BACKEND,
+    TINY,
+    TINY_HYBRID,
+    TINY_HYBRID_IMAGE,
+    TINY_IMAGE,
+    needs_training,
+    numpy,
+)
 
 pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO
 

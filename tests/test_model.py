@@ -1,15 +1,15 @@
 """The native ViT on tiny configs: numerics against a numpy reference, shapes, saving,
 training, freezing, XLA and errors."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import vit_hub
-from vit_hub.conversion.name_map import assign_linen
-from vit_hub.weights import WeightsError
 from tests.conftest import BACKEND, TINY, TINY_IMAGE, needs_training, numpy
 from tests.numpy_reference import random_params, vit_forward
+from vit_hub.conversion.name_map import assign_linen
+from vit_hub.weights import WeightsError
 
 pytestmark = pytest.mark.backends  # runs on TensorFlow, JAX, PyTorch and OpenVINO
 

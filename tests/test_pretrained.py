@@ -22,7 +22,6 @@ from vit_hub.conversion.parity import hub_outputs, parity_inputs
 from vit_hub.errors import CacheError, DownloadError
 
 
-
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """Fresh caches; kagglehub pointed at loopback port 7777 (nothing listens there
@@ -101,7 +100,7 @@ def test_corrupt_cache_entry_is_detected(env, tiny_saved_model, monkeypatch):
     data[len(data) // 2] ^= 0xFF
     open(entry.weights_path, "wb").write(bytes(data))
     assert entry.state() == "corrupt"
-    with pytest.raises(CacheError, match="fail their sha256 check"):
+    with pytest.raises(CacheError, match="fails its sha256 check"):
         vit_hub.load_pretrained("vit_tiny8_fe", offline=True)
     with pytest.warns(UserWarning, match="Converting again"):
         vit_hub.load_pretrained("vit_tiny8_fe")
@@ -175,27 +174,16 @@ def test_convert_weights_then_offline_load(tmp_path, name, width, register):
     listed = run([*cli, "--list"], cache)
     assert name in listed.stdout and " ok " in listed.stdout
 
-    # A cache hit on each backend, fresh processes: the same features, and off TensorFlow
-    # nothing of TensorFlow imported.
+    # A cache hit in a fresh process. (Every backend, output for output, and that a hit
+    # off TensorFlow imports none of it: tests/test_backends.py, on the same cache format.)
     size = vit_hub.get_entry(name).image_size[0]
     script = (register + "import sys, keras, vit_hub, numpy as np; "
               f"m = vit_hub.load_pretrained({name!r}); x = np.random.default_rng(0).uniform("
               f"-1, 1, (2, {size}, {size}, 3)).astype('float32'); "
-              "y = keras.ops.convert_to_numpy(m(x)); np.save(sys.argv[1], y); print(y.shape); "
-              "print(sorted(k for k in ('tensorflow', 'tensorflow_hub', 'kagglehub', 'tf_keras') "
-              "if k in sys.modules))")
-    features = {}
-    for backend in ("tensorflow", "jax", "torch"):
-        out = tmp_path / f"{backend}.npy"
-        loaded = run([sys.executable, "-c", script, out],
-                     {**cache, "VIT_HUB_OFFLINE": "1", "KERAS_BACKEND": backend}, cwd=tmp_path)
-        assert loaded.returncode == 0, loaded.stderr
-        imported = "['tensorflow']" if backend == "tensorflow" else "[]"
-        assert loaded.stdout.split("\n")[:2] == [f"(2, {width})", imported], (backend,
-                                                                              loaded.stdout)
-        features[backend] = np.load(out)
-    for backend in ("jax", "torch"):  # float32 on other kernels: a few ulps (tests/test_backends.py)
-        assert np.abs(features[backend] - features["tensorflow"]).max() <= 1e-5, backend
+              "print(keras.ops.convert_to_numpy(m(x)).shape)")
+    loaded = run([sys.executable, "-c", script], {**cache, "VIT_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split("\n")[0] == f"(2, {width})"
 
     load = register + f"import vit_hub; vit_hub.load_pretrained({name!r})"
     empty = run([sys.executable, "-c", load],

@@ -6,8 +6,6 @@ everything that needs Keras (models, layers, loading) is imported on first use, 
 """
 
 import importlib
-import importlib.abc
-import importlib.machinery
 import importlib.metadata
 import importlib.util
 import sys
@@ -28,7 +26,6 @@ from vit_hub.errors import (
     VitHubError,
     WeightsError,
 )
-
 from vit_hub.precision import PerformanceWarning
 
 __version__ = importlib.metadata.version("vit_hub")  # pyproject.toml's, as installed
@@ -75,16 +72,15 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # what IDEs and static checkers see; at run time see __getattr__
-    from vit_hub.distribution import layout_map
-    from vit_hub.embed import embed_images
-    from vit_hub.runtime import OpenVINOModel, load_openvino, to_openvino
-    from vit_hub.keras_layer import KerasLayer
     from vit_hub.attention import (
         attention_maps,
         attention_rollout,
         intermediate_outputs,
         save_attention_overlay,
     )
+    from vit_hub.distribution import layout_map
+    from vit_hub.embed import embed_images
+    from vit_hub.keras_layer import KerasLayer
     from vit_hub.layers import (
         MLP,
         ClassToken,
@@ -110,8 +106,9 @@ if TYPE_CHECKING:  # what IDEs and static checkers see; at run time see __getatt
         create_vit_ti16,
     )
     from vit_hub.preprocessing import decode_predictions, preprocess
-    from vit_hub.resnet_stem import BottleneckUnit, ResNetStem, StandardizedConv2D
     from vit_hub.pretrained import load_pretrained, load_weights
+    from vit_hub.resnet_stem import BottleneckUnit, ResNetStem, StandardizedConv2D
+    from vit_hub.runtime import OpenVINOModel, load_openvino, to_openvino
 
 __all__ = [
     "Architecture",
@@ -168,42 +165,10 @@ def _register_all():
         importlib.import_module(module)
 
 
-def _register_keras_objects():
-    """Keras finds the classes of a `.keras` file by their registered names only, so
-    all of vit_hub's must be registered before any file is loaded, whichever of them the
-    caller touched (maybe none). Registering imports Keras, so it waits until Keras is
-    imported: at once if it already is, else when the import that brings it in ends
-    (Keras' own, or that of the first vit_hub module needing it, whose imports would
-    cycle if the others were imported while it is half done)."""
-    if "keras" in sys.modules:
-        _register_all()
-        return
-
-    class RegisterAfterImport(importlib.abc.MetaPathFinder):
-        depth = 0  # imports of Keras or of vit_hub's Keras modules under way
-
-        def find_spec(self, fullname, path=None, target=None):
-            if fullname != "keras" and fullname not in _KERAS_MODULES:
-                return None
-            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-            if spec is not None and spec.loader is not None:
-                spec.loader.exec_module = self.then_register(spec.loader.exec_module)
-            return spec
-
-        def then_register(self, run):
-            def exec_module(module):
-                self.depth += 1
-                try:
-                    run(module)
-                finally:
-                    self.depth -= 1
-                if self.depth == 0 and self in sys.meta_path:
-                    sys.meta_path.remove(self)
-                    _register_all()
-
-            return exec_module
-
-    sys.meta_path.insert(0, RegisterAfterImport())
-
-
-_register_keras_objects()
+# Keras finds the classes of a `.keras` file by their registered names, and a class is
+# registered when the module defining it runs its decorator. Importing Keras here would
+# make `import vit_hub` heavy, so: registered now if Keras is already imported; otherwise
+# on first use of any Keras-backed name (`vit_hub.VisionTransformer`, `load_pretrained`,
+# ...), or by `import vit_hub.model` before `keras.saving.load_model`.
+if "keras" in sys.modules:
+    _register_all()

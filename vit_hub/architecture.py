@@ -143,16 +143,24 @@ class Architecture:
 
 
 _SHAPE_FIELDS = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
+
+# The layout of the hybrids' ResNet stem, the one statement of it that the Keras stem,
+# the name map and the benchmarks' FLOP count read.
+RESNET_STAGES = 4
 RESNET_STRIDE = 32  # root conv /2, max pool /2, stages 2-4 /2 each
-RESNET_WIDTH = 64  # channels of the root conv; stage s has 64 * 2**(s-1) per unit, x4 out
+RESNET_WIDTH = 64  # channels of the root conv; stage s has 64 * 2**(s-1) filters per unit
+RESNET_EXPANSION = 4  # a bottleneck unit puts out 4x the filters it computes with
+R26_UNITS = (2, 2, 2, 2)  # bottleneck units per stage of R26+S/32's stem
+R50_UNITS = (3, 4, 6, 3)  # and of R50+L/32's
 
 
 def check_resnet_units(units):
     """`units` as a tuple: () for a plain ViT, or the 4 stages' bottleneck units."""
     units = tuple(units or ())
-    if units and (len(units) != 4 or not all(is_int(n) and n > 0 for n in units)):
-        raise ConfigError(f"resnet_units must be 4 positive ints (units per ResNet stage, "
-                          f"e.g. (2, 2, 2, 2) for R26, (3, 4, 6, 3) for R50), got {units!r}.")
+    if units and (len(units) != RESNET_STAGES or not all(is_int(n) and n > 0 for n in units)):
+        raise ConfigError(f"resnet_units must be {RESNET_STAGES} positive ints (units per "
+                          f"ResNet stage, e.g. {R26_UNITS} for R26, {R50_UNITS} for R50), got "
+                          f"{units!r}.")
     return tuple(int(n) for n in units)
 
 
@@ -161,6 +169,17 @@ def resnet_plan(units, width=RESNET_WIDTH):
     as the checkpoints name them (`block{stage}/unit{unit}`); stride 2 opens stages 2-4."""
     return [(stage, unit, width * 2 ** (stage - 1), 2 if stage > 1 and unit == 1 else 1)
             for stage, count in enumerate(units, start=1) for unit in range(1, count + 1)]
+
+
+def needs_projection(in_channels, filters, strides):
+    """Whether a bottleneck unit has the projection shortcut (`conv_proj`, `gn_proj`): its
+    output differs from its input in channels or in size, so the input cannot be added."""
+    return in_channels != RESNET_EXPANSION * filters or strides != 1
+
+
+def resnet_out_channels(width=RESNET_WIDTH):
+    """Channels of a stem's output, what the 1x1 patch embedding sees: 2048 at width 64."""
+    return RESNET_EXPANSION * width * 2 ** (RESNET_STAGES - 1)
 
 # name -> Architecture at 224x224 with a 1000-class head; see register_variant.
 _VARIANTS = {}
@@ -222,7 +241,7 @@ for _resnet, _size, _patch in [((), "ti", 16), ((), "s", 16), ((), "s", 32), (()
                                ((), "b", 16), ((), "b", 32), ((), "l", 16), ((), "l", 32),
                                ((), "h", 14), ((), "h", 16),
                                # The hybrids: a ResNet-26 / ResNet-50 stem before the ViT.
-                               ((2, 2, 2, 2), "s", 32), ((3, 4, 6, 3), "l", 32)]:
+                               (R26_UNITS, "s", 32), (R50_UNITS, "l", 32)]:
     _width, _depth, _heads, _mlp = _SIZES[_size]
     _stem = f"r{2 + 3 * sum(_resnet)}_" if _resnet else ""  # R26: 2 + 3 * 8 layers
     register_variant(f"vit_{_stem}{_size}{_patch}", patch_size=_patch, hidden_dim=_width,

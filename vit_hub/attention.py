@@ -3,15 +3,21 @@
 Attention rollout: Abnar & Zuidema, "Quantifying Attention Flow in Transformers" (2020).
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from vit_hub.errors import ConfigError
 from vit_hub.preprocessing import is_pil, preprocess
 
+if TYPE_CHECKING:
+    from vit_hub.model import VisionTransformer
 
-def attention_maps(model, images):
+
+def attention_maps(model: VisionTransformer, images: Any) -> list[np.ndarray]:
     """Every block's attention weights: a list of (B, heads, tokens, tokens) arrays,
     token 0 being the class token. `images`: a batch as the model takes it (float32 in
     [-1, 1]), or what `vit_hub.preprocess` takes (see `model_inputs`)."""
@@ -21,7 +27,7 @@ def attention_maps(model, images):
     return [keras.ops.convert_to_numpy(m) for m in maps]  # (PyTorch: detached from autograd)
 
 
-def intermediate_outputs(model, images):
+def intermediate_outputs(model: VisionTransformer, images: Any) -> list[np.ndarray]:
     """Every block's output tokens (before the final norm): a list of (B, tokens, D);
     `images` as for `attention_maps`."""
     import keras
@@ -42,7 +48,8 @@ def model_inputs(model, images):
     return images
 
 
-def attention_rollout(maps, grid_size, head_fusion="mean"):
+def attention_rollout(maps: list[np.ndarray], grid_size: tuple[int, int],
+                      head_fusion: Literal["mean", "max"] = "mean") -> np.ndarray:
     """How much each patch flows into the class token through all blocks: (B, rows, cols)
     in [0, 1]. Heads are fused by mean (or max), the residual connection is modelled by
     adding the identity, and the per-block matrices are multiplied in order."""
@@ -65,7 +72,8 @@ def attention_rollout(maps, grid_size, head_fusion="mean"):
     return (flow - low) / np.maximum(high - low, 1e-12)
 
 
-def save_attention_overlay(image, rollout, path, alpha=0.5):
+def save_attention_overlay(image: np.ndarray, rollout: np.ndarray, path: str | os.PathLike,
+                           alpha: float = 0.5) -> str | os.PathLike:
     """Writes `image` ((H, W, 3) in [-1, 1], as the model saw it) with the rollout map
     (rows, cols) blended over it as a heat map, to a PNG file (atomically)."""
     from PIL import Image

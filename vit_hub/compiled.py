@@ -167,8 +167,7 @@ class OpenVINOInference:
         # precision: a Parameter with a dynamic batch, the plain call traced on it.
         import openvino as ov
         import openvino.opset16 as ov_opset
-        from keras.src.backend.openvino.core import (
-            OPENVINO_DTYPES, OpenVINOKerasTensor, get_device)
+        from keras.src.backend.openvino.core import OPENVINO_DTYPES, OpenVINOKerasTensor, get_device
 
         parameter = ov_opset.parameter([-1, *shape], OPENVINO_DTYPES[str(dtype)])
         outputs = self.call(OpenVINOKerasTensor(parameter.output(0)), training=False)

@@ -9,8 +9,16 @@ sizes must divide by the model axis: ViT-B's 12 heads go on 2, 3, 4, 6 or 12 dev
 `keras.distribution.DataParallel` needs no map.
 """
 
+from __future__ import annotations
 
-def layout_map(device_mesh, model_dim="model"):
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
+
+
+def layout_map(device_mesh: keras.distribution.DeviceMesh,
+               model_dim: str = "model") -> keras.distribution.LayoutMap:
     """A `keras.distribution.LayoutMap` for `ModelParallel` over `device_mesh`:
 
         mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], devices)

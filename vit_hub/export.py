@@ -14,10 +14,9 @@ Exports need Keras' TensorFlow backend (an `ExportError` names the fix on the ot
 
 import contextlib
 import os
-import shutil
-import tempfile
 
 from vit_hub.errors import ConfigError, ExportError, MissingDependencyError, OutputExistsError
+from vit_hub.files import atomic_folder, atomic_path, temporary_folder
 
 SIGNATURE_KEY = "serving_default"
 INPUT_KEY = "images"
@@ -39,12 +38,9 @@ def export_saved_model(model, path, batch_size=None, overwrite=False):
     """
     path = os.path.abspath(os.fspath(path))
     _refuse_existing(path, overwrite)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    with _temporary_folder(parent, os.path.basename(path)) as tmp:
+    with atomic_folder(path) as tmp:
         _write_saved_model(model, tmp, batch_size)
         _refuse_existing(path, overwrite)  # written meanwhile by someone else?
-        _move_into_place(tmp, path)
     return path
 
 
@@ -64,12 +60,10 @@ def export_tflite(model, path, batch_size=None, quantize=False):
     """
     import tensorflow as tf
 
-    from vit_hub.files import atomic_path
-
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with _temporary_folder(parent, os.path.basename(path) + ".saved_model") as saved:
+    # The SavedModel it is converted from is scratch: beside `path`, removed in any case.
+    with temporary_folder(parent, suffix=f"-{os.path.basename(path)}.saved_model") as saved:
         _write_saved_model(model, saved, batch_size)
         converter = tf.lite.TFLiteConverter.from_saved_model(
             saved, signature_keys=[SIGNATURE_KEY]
@@ -81,8 +75,6 @@ def export_tflite(model, path, batch_size=None, quantize=False):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(flatbuffer)
-            f.flush()
-            os.fsync(f.fileno())
     return path
 
 
@@ -107,8 +99,6 @@ def export_onnx(model, path, batch_size=None, opset=None):
             f"export_onnx needs the optional packages tf2onnx and onnx ({err}). Install "
             "them with `pip install tf2onnx onnx` (checked: tf2onnx 1.17.0, onnx 1.23.2)."
         ) from None
-    from vit_hub.files import atomic_path
-
     path = os.fspath(path)
     with atomic_path(path) as tmp, _collecting_garbage():
         model.export(
@@ -255,37 +245,3 @@ def _refuse_existing(path, overwrite):
     kind = "folder" if os.path.isdir(path) else "file"
     raise OutputExistsError(f"{path} exists and is a non-empty {kind}; export elsewhere, "
                           "remove it, or pass overwrite=True to replace it.")
-
-
-@contextlib.contextmanager
-def _temporary_folder(parent, name):
-    """A fresh folder beside the destination (same file system, so the final rename is
-    atomic), removed on any failure, also on KeyboardInterrupt."""
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-", suffix="-" + name)
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_into_place(tmp, path):
-    """Renames the complete export onto `path`. An old export is first moved aside and
-    only deleted once the new one is in place; restored if the rename fails."""
-    if not os.path.lexists(path):
-        os.replace(tmp, path)
-        return
-    if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
-        os.rmdir(path)
-        os.replace(tmp, path)
-        return
-    old = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".old-",
-                           suffix="-" + os.path.basename(path))
-    aside = os.path.join(old, "previous")
-    os.replace(path, aside)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(aside, path)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)

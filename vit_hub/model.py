@@ -12,6 +12,9 @@ import inspect
 import keras
 import numpy as np
 
+from vit_hub import compiled, lora, precision
+from vit_hub.architecture import Architecture, check_flag, check_kwargs, variant_config
+from vit_hub.errors import ConfigError, ImageError
 from vit_hub.layers import (
     ClassToken,
     PatchEmbedding,
@@ -19,12 +22,8 @@ from vit_hub.layers import (
     TokenPooling,
     TransformerBlock,
 )
-from vit_hub.architecture import Architecture, check_flag, check_kwargs, variant_config
-from vit_hub.errors import ConfigError, ImageError
 from vit_hub.preprocessing import check_not_files, check_range, check_shape, images_dtype_error
 from vit_hub.resnet_stem import ResNetStem
-from vit_hub import compiled, lora, precision
-
 
 # What `keras.Model.__init__` gets besides the model's own arguments: what get_config()
 # records and from_config() passes back.
@@ -268,8 +267,6 @@ class VisionTransformer(keras.Model):
         else:
             outputs = tokens
         super().__init__(inputs=images, outputs=outputs, **kwargs)
-        if keras.dtype_policies.get(policy).compute_dtype == "bfloat16":
-            precision.warn_if_bf16_is_emulated()
         if policy is not None:
             # A functional Model keeps float32 as its own policy whatever `dtype` says;
             # record the one its layers use, so that get_config() round-trips it.
@@ -478,6 +475,7 @@ def create_vit(
     check_kwargs("create_vit", kwargs, tuple(k for k in model_kwargs() if k != "name"))
     config = {**variant_config(name), **kwargs}
     config.setdefault("name", name)
+    precision.warn_if_bf16_is_emulated(config.get("dtype"))
     return VisionTransformer(
         image_size=image_size,
         include_top=include_top,

@@ -47,23 +47,29 @@ def bf16_speedup():
     return _rate("bfloat16") / _rate("float32")
 
 
-def warn_if_bf16_is_emulated(stacklevel=3):
-    """A PerformanceWarning with the measured speed-up, once a process, if bf16 matmuls
-    are not clearly faster than float32 ones here."""
+def warn_if_bf16_is_emulated(policy):
+    """Where a user asks for a dtype policy (`create_vit`, `load_pretrained`): if it
+    computes in bf16, a PerformanceWarning with the measured speed-up, once a process,
+    when bf16 matmuls are not clearly faster than float32 ones here. Not in the model's
+    constructor: a model rebuilt from its config (`.keras` files, clones) measures nothing."""
     import keras
 
-    if keras.backend.backend() == "openvino":  # inference: the runtime's own precision
+    if policy is None or keras.dtype_policies.get(policy).compute_dtype != "bfloat16":
         return
+    if keras.backend.backend() != "openvino":  # (there: the runtime's own precision)
+        _warn_if_emulated()
+
+
+@functools.cache  # what makes it once a process
+def _warn_if_emulated():
+    import keras
+
     speedup = bf16_speedup()
-    if speedup >= MIN_SPEEDUP or _warned:
+    if speedup >= MIN_SPEEDUP:
         return
-    _warned.append(True)
     warnings.warn(
         f"bf16 is emulated here: a bf16 matmul ran at {speedup:.2f}x the float32 rate on "
         f"{keras.backend.backend()} (measured now; native bf16 gives about 2x). A "
         "mixed_bfloat16 model computes less precisely for no speed on this machine: use "
         "float32, or bf16 on hardware with AVX512_BF16/AMX or a GPU.",
-        PerformanceWarning, stacklevel=stacklevel)
-
-
-_warned = []
+        PerformanceWarning, stacklevel=4)  # the caller of create_vit / empty_model

@@ -4,12 +4,13 @@ The published models take RGB float32 in [-1, 1], `(pixel - 127.5) / 127.5`, at 
 """
 
 import functools
-import io
 import importlib.resources
+import io
 import os
 
 import numpy as np
 
+from vit_hub.architecture import image_hw
 from vit_hub.errors import ImageError, ImageTypeError, MissingFileError
 from vit_hub.resize import resize
 
@@ -26,7 +27,7 @@ def preprocess(images, image_size=224, crop_fraction=None):
         crop_fraction: if given, keep this central fraction of each image before
             resizing (e.g. 0.875, the classic ImageNet evaluation crop).
     """
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = image_hw(image_size)
     batch = [_resize(image, size, crop_fraction) for image in _as_images(images)]
     if not batch:
         raise ImageError("preprocess got no images.")

@@ -14,8 +14,9 @@ import warnings
 from vit_hub.architecture import check_flag, check_kwargs, image_hw
 from vit_hub.cache import CacheEntry, is_offline
 from vit_hub.catalogue import get_entry
-from vit_hub.errors import CacheError, ConfigError, WeightsError
+from vit_hub.errors import CacheError, WeightsError
 from vit_hub.files import checksum_problem
+from vit_hub.runtime.options import check_runtime
 from vit_hub.weights import build_model, empty_model, fill, open_weights_file
 
 
@@ -54,10 +55,11 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
     """
     check_flag(offline, "offline", allow_none=True)
     check_flag(verify, "verify")
-    openvino = (precision, calibration, min_cosine, threads)
-    if runtime != "keras" or any(value is not None for value in openvino):
-        return _load_openvino(name, runtime, *openvino, cache_dir, offline, verify, weights,
-                              model_kwargs)
+    precision = check_runtime(runtime, precision, calibration=calibration,
+                              min_cosine=min_cosine, threads=threads)
+    if runtime == "openvino":
+        return _load_openvino(name, precision, calibration, min_cosine, threads, cache_dir,
+                              offline, verify, weights, model_kwargs)
     _check_model_kwargs("load_pretrained", model_kwargs, _keyword_only(load_pretrained),
                         positional=("name",))
     entry = get_entry(name)
@@ -95,21 +97,12 @@ RUNTIME_KWARGS = ("image_size", "include_top", "num_classes", "pooling",
                   "classifier_activation")
 
 
-def _load_openvino(name, runtime, precision, calibration, min_cosine, threads, cache_dir,
-                   offline, verify, weights, model_kwargs):
+def _load_openvino(name, precision, calibration, min_cosine, threads, cache_dir, offline,
+                   verify, weights, model_kwargs):
+    """`precision`: checked by `check_runtime`."""
     from vit_hub.runtime.convert import calibration_digest, check_gate, to_openvino
     from vit_hub.runtime.ir_cache import cached_openvino, ir_key
-    from vit_hub.runtime.openvino_model import check_precision
 
-    if runtime == "keras":
-        raise ConfigError("precision=, calibration=, min_cosine= and threads= are the OpenVINO "
-                          "runtime's: add runtime='openvino' (for Keras mixed precision, "
-                          "dtype='mixed_bfloat16').")
-    if runtime != "openvino":
-        raise ConfigError(f"runtime {runtime!r} is not one of 'keras', 'openvino'.")
-    precision = check_precision("fp32" if precision is None else precision)
-    if calibration is not None and precision != "int8":
-        raise ConfigError(f"calibration= is for precision='int8', not {precision!r}.")
     # Keras-only keywords (dtype, dropout, trainable) are refused like misspelt ones,
     # without importing Keras to tell them apart.
     check_kwargs("load_pretrained", model_kwargs, RUNTIME_KWARGS,
@@ -188,7 +181,8 @@ def _check_model_kwargs(function, model_kwargs, own=(), positional=()):
     """ArgumentError (a TypeError) for a keyword that is neither one of `function`'s own
     (`own`) nor a `VisionTransformer` one, naming the closest and all valid ones. Model
     keywords that are `function`'s `positional` parameters cannot be passed: not listed."""
-    from vit_hub.model import check_kwargs, model_kwargs as valid_model_kwargs
+    from vit_hub.model import check_kwargs
+    from vit_hub.model import model_kwargs as valid_model_kwargs
 
     model = tuple(k for k in valid_model_kwargs() if k not in positional)
     takes = f"It takes {', '.join(own)} and" if own else "It takes"
@@ -213,8 +207,8 @@ def _check_sidecar_checksum(path):
         return
     problem = checksum_problem(path, metadata_path)
     if problem:
-        raise WeightsError(f"{path} cannot be verified: {problem}; they are not loaded. "
-                           "Convert them again, or remove the .json to load the file "
+        raise WeightsError(f"{path} cannot be verified: {problem}; it is not loaded. "
+                           "Convert it again, or remove the .json to load the file "
                            "unchecked.")
 
 

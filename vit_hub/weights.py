@@ -172,13 +172,15 @@ def build_model(tensors, architecture, source, **model_kwargs):
 def empty_model(architecture, **model_kwargs):
     """The `VisionTransformer` of `architecture` changed by `model_kwargs`, its variables
     allocated but not initialised: `fill` gives them their values (a new head: zeros)."""
-    from vit_hub.model import VisionTransformer  # (imports the layers, registering all)
     from vit_hub.layers import weights_to_be_loaded
+    from vit_hub.model import VisionTransformer  # (imports the layers, registering all)
+    from vit_hub.precision import warn_if_bf16_is_emulated
 
     config = architecture.to_dict()
     if not architecture.include_top:
         config["pooling"] = "token"
     config.update(model_kwargs)
+    warn_if_bf16_is_emulated(config.get("dtype"))
     with weights_to_be_loaded():  # every weight is assigned by fill, or a fresh head's zeros
         return VisionTransformer(**config)
 

@@ -1,13 +1,15 @@
 """The command-line tools, the top of the package: `convert_weights` is `convert-weights`,
 `vit_embed` is `vit-embed` (pyproject.toml's entry points). What both take alike is here."""
 
+from vit_hub.runtime.options import DEFAULT_PRECISION, DEFAULT_RUNTIME, PRECISIONS, RUNTIMES
+
 
 def add_runtime_arguments(parser, what):
     """--runtime and --precision; `what`: what the OpenVINO runtime builds here."""
-    parser.add_argument("--runtime", choices=["keras", "openvino"], default="keras",
-                        help=f"openvino: {what} (default keras)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"],
-                        help="the OpenVINO model's precision (default fp32)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
+                        help=f"openvino: {what} (default {DEFAULT_RUNTIME})")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help=f"the OpenVINO model's precision (default {DEFAULT_PRECISION})")
 
 
 def check_runtime_arguments(parser, args):

@@ -74,11 +74,10 @@ def main(argv=None):
             print(f"convert-weights: {err}", file=sys.stderr)
             return 2
     if args.runtime == "openvino":
-        from vit_hub.runtime.openvino_model import check_precision
+        from vit_hub.runtime.options import check_runtime
 
-        args.precision = args.precision or "fp32"
         try:  # bf16 on a CPU without it, or no openvino: refused before any conversion
-            check_precision(args.precision)
+            args.precision = check_runtime(args.runtime, args.precision)
         except VitHubError as err:
             print(f"convert-weights: {err}", file=sys.stderr)
             return 2

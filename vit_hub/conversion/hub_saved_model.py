@@ -12,9 +12,8 @@ same-shaped tensors in swapped places, which is why conversion ends with a parit
 import os
 import re
 
-
-from vit_hub.errors import ConversionError
 from vit_hub.conversion.name_map import linen_shapes
+from vit_hub.errors import ConversionError
 
 _VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 _FLAT = re.compile(r"^variables/(\d+)" + re.escape(_VALUE) + "$")

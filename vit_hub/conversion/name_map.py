@@ -9,7 +9,13 @@ bias of the hybrids' ResNet stem are (1, 1, 1, C) in the published checkpoints (
 
 import numpy as np
 
-from vit_hub.architecture import RESNET_WIDTH, resnet_plan
+from vit_hub.architecture import (
+    RESNET_EXPANSION,
+    RESNET_WIDTH,
+    needs_projection,
+    resnet_out_channels,
+    resnet_plan,
+)
 
 _TOP = {
     "embedding/kernel": "patch_embedding/projection/kernel",
@@ -76,15 +82,16 @@ def _stem(units):
     modules = [("", "", "conv_root", (7, 7, 3, RESNET_WIDTH)), ("", "", "gn_root", RESNET_WIDTH)]
     channels = RESNET_WIDTH
     for stage, unit, filters, strides in resnet_plan(units):
+        out = RESNET_EXPANSION * filters
         shapes = {"conv1": (1, 1, channels, filters), "gn1": filters,
                   "conv2": (3, 3, filters, filters), "gn2": filters,
-                  "conv3": (1, 1, filters, 4 * filters), "gn3": 4 * filters,
-                  "conv_proj": (1, 1, channels, 4 * filters), "gn_proj": 4 * filters}
-        projected = channels != 4 * filters or strides != 1
+                  "conv3": (1, 1, filters, out), "gn3": out,
+                  "conv_proj": (1, 1, channels, out), "gn_proj": out}
+        projected = needs_projection(channels, filters, strides)
         for module in _UNIT + (_PROJECTION if projected else ()):
             modules.append((f"block{stage}/unit{unit}/", f"block{stage}_unit{unit}/", module,
                             shapes[module]))
-        channels = 4 * filters
+        channels = out
     stem = {}
     for linen, native, module, shape in modules:
         if module.startswith("conv"):
@@ -113,6 +120,14 @@ def canonical(linen_path, array):
 def original_to_linen(path):
     """Renames an original-npz key (e.g. `.../MlpBlock_3/...`) to its Linen path."""
     return "/".join(ORIGINAL_TO_LINEN.get(part, part) for part in path.split("/"))
+
+
+_LINEN_TO_ORIGINAL = {linen: original for original, linen in ORIGINAL_TO_LINEN.items()}
+
+
+def linen_to_original(path):
+    """The inverse of `original_to_linen`: a Linen path as an original-npz key."""
+    return "/".join(_LINEN_TO_ORIGINAL.get(part, part) for part in path.split("/"))
 
 
 def assign_linen(model, tensors, source="checkpoint"):
@@ -151,7 +166,7 @@ def linen_shapes(architecture):
     tokens = architecture.num_tokens
     # A hybrid embeds each cell of its stem's output (2048 channels) with a 1x1 conv.
     stem = _stem(architecture.resnet_units)
-    patch, channels = ((1, 32 * RESNET_WIDTH) if stem else (architecture.patch_size, 3))
+    patch, channels = ((1, resnet_out_channels()) if stem else (architecture.patch_size, 3))
     attention = "MultiHeadDotProductAttention_0"
     block = {
         **{f"LayerNorm_{k}/{p}": (d,) for k in (0, 1) for p in ("scale", "bias")},

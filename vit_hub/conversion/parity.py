@@ -17,6 +17,7 @@ import dataclasses
 
 import numpy as np
 
+from vit_hub.architecture import image_hw
 from vit_hub.errors import ParityError
 
 TOLERANCE = 1e-4
@@ -47,7 +48,7 @@ class ParityReport:
 def parity_inputs(image_size, batch=4, seed=0):
     """Seeded uniform noise plus smooth structured images (gradients and sinusoids), so
     that both high-frequency and natural-image-like statistics are exercised."""
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    height, width = image_hw(image_size)
     rng = np.random.default_rng(seed)
     noise = rng.uniform(-1.0, 1.0, (max(batch - batch // 2, 1), height, width, 3))
     yy, xx = np.mgrid[0:height, 0:width] / max(height, width)

@@ -12,7 +12,6 @@ import errno
 import math
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from vit_hub.cache import CacheEntry
 from vit_hub.catalogue import get_entry
 from vit_hub.conversion.convert import convert, metadata_path, write_converted
 from vit_hub.errors import CacheError, ConversionError, ParityError
-from vit_hub.files import fsync, is_disk_full
+from vit_hub.files import atomic_files, atomic_path, is_disk_full
 
 STEPS = ("download", "convert", "verify", "write")
 
@@ -84,7 +83,7 @@ def convert_into_cache(name, *, cache_dir=None, source=None, reference=None, ver
     is called with each of STEPS as it starts; not at all when the entry was complete.
     """
     entry = get_entry(name)
-    entry.architecture  # no converter: UnsupportedModelError here, before any download
+    _ = entry.architecture  # no converter: UnsupportedModelError here, before any download
     cache = CacheEntry(entry.name, cache_dir)
     step = progress or (lambda _: None)
     if not force and cache.state() == "ok":
@@ -113,7 +112,7 @@ def convert_into_cache(name, *, cache_dir=None, source=None, reference=None, ver
 def check_writable(cache):
     """CacheError unless the entry's folder can be created and written (the nearest
     existing folder on its path is writable)."""
-    folder = cache.folder
+    folder = os.path.abspath(cache.folder)  # (a relative one climbs to "")
     while not os.path.exists(folder):
         parent = os.path.dirname(folder)
         if parent == folder:
@@ -170,44 +169,27 @@ def _conversion(entry, source, reference, verify, step):
 
 def _write(entry, cache, conversion):
     """Writes the weights and metadata into a staging folder beside the entry
-    (`.tmp-<name>.*`), then moves them in: old metadata out, weights in, metadata in.
-    A failure or a kill while writing leaves the old entry as it was; one during the
-    two renames leaves it 'missing'. Either way no half is ever 'ok'."""
+    (`.tmp-<name>.*`), then moves them in: old metadata out, weights in, metadata in
+    (`files.atomic_files`). A failure or a kill while writing leaves the old entry as it
+    was; one during the two renames leaves it 'missing'. Either way no half is ever 'ok'."""
     extra = {"handle": entry.handle, "kind": entry.kind, "variant": entry.variant}
-    parent = os.path.dirname(cache.folder)
+    entry_files = [cache.weights_path, cache.metadata_path]  # the metadata is the record
     try:
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=parent, prefix=cache.staging_prefix)
-    except OSError as err:
-        raise write_error(err, cache.folder) from None
-    try:
-        weights = os.path.join(staging, os.path.basename(cache.weights_path))
-        try:
-            check_space(staging, conversion, cache.folder)
+        with atomic_files(entry_files, stage_in=os.path.dirname(cache.folder),
+                          prefix=cache.staging_prefix) as staged:
+            weights = staged[cache.weights_path]
+            check_space(os.path.dirname(weights), conversion, cache.folder)
+            # (its metadata goes beside it: staged[cache.metadata_path])
             metadata = write_converted(conversion, weights, entry.name, extra)
-        except CacheError:  # not enough space
-            raise
-        except ConversionError as err:  # a lazily read tensor that cannot be read
-            raise _naming_source(err, conversion.source) from None
-        except (OSError, RuntimeError) as err:  # h5py: some write failures are RuntimeError
-            if isinstance(err, OSError) or is_disk_full(err):
-                raise write_error(err, cache.folder) from None
-            raise
-        try:
-            os.makedirs(cache.folder, exist_ok=True)
-            cache.invalidate()  # 'missing' from here until the metadata is in
-            os.replace(weights, cache.weights_path)
-            os.replace(metadata_path(weights), cache.metadata_path)
-        except OSError as err:
-            try:
-                cache.remove()
-            except OSError:
-                pass
+    except CacheError:  # not enough space
+        raise
+    except ConversionError as err:  # a lazily read tensor that cannot be read
+        raise _naming_source(err, conversion.source) from None
+    except (OSError, RuntimeError) as err:  # h5py: some write failures are RuntimeError
+        if isinstance(err, OSError) or is_disk_full(err):
             raise write_error(err, cache.folder) from None
-        fsync(cache.folder)  # the renames into it
-        return metadata
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return metadata
 
 
 def _naming_source(err, source):
@@ -219,8 +201,6 @@ def _naming_source(err, source):
 
 
 def _copy_out(cache, output):
-    from vit_hub.files import atomic_path
-
     try:
         for src, dst in ((cache.weights_path, output),
                          (cache.metadata_path, metadata_path(output))):

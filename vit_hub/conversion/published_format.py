@@ -2,10 +2,13 @@
 
 For machines that cannot reach Kaggle (the demo, the benchmarks) and for the tests:
 a Flax Linen ViT written from the equations, independently of vit_hub's Keras layers
-(it imports nothing of vit_hub but its errors, so it stays an independent reference),
-plus the export recipe of the sayakpaul/ViT-jax2tf ``conversion.ipynb`` notebook that
+(the model code uses nothing of vit_hub, so it stays an independent reference), plus
+the export recipe of the sayakpaul/ViT-jax2tf ``conversion.ipynb`` notebook that
 produced ``spsayakpaul/vision-transformer``, and the original google-research ``.npz``
-layout. Needs the ``hub-format`` extra (jax, flax): ``pip install vit_hub[hub-format]``.
+layout, read and named by vit_hub's own npz reader and name map (plumbing: a file's key
+names say nothing about the equations). Needs the ``hub-format`` extra (jax, flax):
+``pip install vit_hub[hub-format]``. Importing it sets nothing outside it: TensorFlow's
+log level is for the entry points to choose.
 
 Functions: ``init_params``, ``export_saved_model``, ``flax_apply``, ``write_npz``,
 ``read_npz``, ``config_from_params``. The script ``converters/build_hub_checkpoint.py``
@@ -15,19 +18,19 @@ is their command line.
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Any, Optional
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+from jax.experimental import jax2tf
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from jax.experimental import jax2tf  # noqa: E402
-
-from vit_hub.errors import ConfigError  # noqa: E402
+from vit_hub.conversion import npz
+from vit_hub.conversion.name_map import linen_to_original
+from vit_hub.errors import ConfigError
+from vit_hub.weights import flatten
 
 KINDS = ("fe", "classification")
 
@@ -225,7 +228,7 @@ class VisionTransformer(nn.Module):
     num_layers: int
     num_heads: int
     mlp_dim: int
-    num_classes: Optional[int] = None
+    num_classes: int | None = None
     resnet_units: tuple = ()
 
     @nn.compact
@@ -344,9 +347,9 @@ def flax_apply(params: dict, config: HubConfig, images) -> np.ndarray:
 
 
 def export_saved_model(params: dict, config: HubConfig, kind: str, out_dir: str,
-                       signature_batch: Optional[int] = None,
-                       platforms: Optional[tuple] = None,
-                       variable_order: Optional[list] = None) -> str:
+                       signature_batch: int | None = None,
+                       platforms: tuple | None = None,
+                       variable_order: list | None = None) -> str:
     """Write ``params`` as a SavedModel laid out like the published models.
 
     ``signature_batch`` is the batch dimension of the ``serving_default``
@@ -413,42 +416,23 @@ class _ReusableSavedModelWrapper(tf.train.Checkpoint):
 # The original npz layout (pre-Linen names, flat '/'-joined keys).
 # --------------------------------------------------------------------------
 
-# Linen name -> name in the original google-research npz files, per block.
-_LINEN_TO_NPZ = {
-    "LayerNorm_1": "LayerNorm_2",
-    "MlpBlock_0": "MlpBlock_3",
-    "MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
-}
-_NPZ_TO_LINEN = {v: k for k, v in _LINEN_TO_NPZ.items()}
-
-
-def _flatten(tree, prefix=()):
-    for k in sorted(tree):
-        v = tree[k]
-        if isinstance(v, dict):
-            yield from _flatten(v, prefix + (k,))
-        else:
-            yield prefix + (k,), v
-
-
 def write_npz(params: dict, path: str) -> None:
     """Save as the original checkpoints: flat keys, pre-Linen block names."""
-    flat = {"/".join(_LINEN_TO_NPZ.get(part, part) for part in key):
-            np.asarray(value, np.float32) for key, value in _flatten(params)}
-    np.savez(path, **flat)
+    np.savez(path, **{linen_to_original(key): np.asarray(value, np.float32)
+                      for key, value in flatten(params).items()})
 
 
 def read_npz(path: str) -> dict:
-    """Inverse of write_npz; also reads the real google-research files."""
+    """Inverse of write_npz; also reads the real google-research files (GroupNorm
+    scale/bias in the published (1, 1, 1, C) layout, whichever the file stores)."""
     params: dict = {}
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            parts = [_NPZ_TO_LINEN.get(part, part) for part in key.split("/")]
-            node = params
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = np.asarray(data[key], np.float32)
-    return to_published_layout(params)  # later npz files store GroupNorm as (C,)
+    for key, value in npz.read_npz(path, include_top=True).items():
+        *parents, leaf = key.split("/")
+        node = params
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return params
 
 
 def config_from_params(params: dict, image_size: int, num_heads: int) -> HubConfig:

@@ -17,6 +17,7 @@ import time
 from vit_hub.embed.output import EmbedOutput
 from vit_hub.embed.sources import list_images
 from vit_hub.errors import ConfigError, EmbedError, MissingDependencyError
+from vit_hub.runtime.options import check_runtime
 
 MAX_SHARD = 1024  # images per shard: the unit of progress, retry and resume
 
@@ -78,7 +79,7 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
     _check_retries(retries)
     _check_address(address)
     entry = get_entry(model)
-    precision = _check_runtime(runtime, precision, min_cosine)
+    precision = check_runtime(runtime, precision, min_cosine=min_cosine)
     out = EmbedOutput(output, entry.name, runtime, precision)
     out.check()  # another model's (or runtime's) rows: refused before anything is read
     locations = list_images(source)  # nothing to embed: refused here too
@@ -222,21 +223,6 @@ def _counted(results, total, progress, name):
             images, errors = images + int(row["images"]), errors + int(row["errors"])
             bar.update(int(row["images"]) + int(row["errors"]))
     return images, errors
-
-
-def _check_runtime(runtime, precision, min_cosine):
-    """The precision the rows are computed at, checked before any work: bf16 on a CPU
-    without it, or an unknown precision, is a ConfigError here."""
-    if runtime == "keras":
-        if precision is not None or min_cosine is not None:
-            raise ConfigError("precision= and min_cosine= are the OpenVINO runtime's: add "
-                              "runtime='openvino' (the Keras model computes in fp32).")
-        return "fp32"
-    if runtime != "openvino":
-        raise ConfigError(f"runtime {runtime!r} is not one of 'keras', 'openvino'.")
-    from vit_hub.runtime.openvino_model import check_precision
-
-    return check_precision("fp32" if precision is None else precision)
 
 
 def _check_retries(retries):

@@ -165,23 +165,17 @@ def quantize(ov_model, images):
 def _quiet():
     """OpenVINO's converter and NNCF, as vit_hub runs them inside a library call: what
     they print (progress bars, INFO lines) is not what its user needs on the terminal
-    (warnings still pass), and they send nothing. Both report usage to Google Analytics
-    unless the user opted out (`opt_in_out --opt_out`) or runs in CI, which they read
-    from the CI variable when they (re)start their telemetry: a conversion of vit_hub,
-    made offline as well, must not reach out."""
+    (warnings still pass). Their usage reports are the user's choice, made once for the
+    machine (`opt_in_out --opt_out`, see the docs' OpenVINO page): a library call changes
+    neither the process environment nor their settings."""
     nncf_logger = logging.getLogger("nncf")
-    level, ci = nncf_logger.level, os.environ.get("CI")
+    level = nncf_logger.level
     nncf_logger.setLevel(logging.WARNING)
-    os.environ["CI"] = "true"
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         nncf_logger.setLevel(level)
-        if ci is None:
-            os.environ.pop("CI", None)
-        else:
-            os.environ["CI"] = ci
 
 
 def _keras_outputs(model, images):

@@ -1,10 +1,11 @@
 """OpenVINO IR files: `model.xml` (the graph), `model.bin` (the weights) and vit_hub's
 `model.json` beside them (precision, measured accuracy, OpenVINO version, sha256 of both).
 
-Written as the weights cache is: staged beside the target, fsynced, moved in, the record
-last, so a reader never takes a half-written IR. `record_problem` and `checksum_problem`
-say why one may not be read (`openvino_model.read_verified` reads it only when both
-checksums match the record and it was written by this OpenVINO version).
+Written as the weights cache is (`files.atomic_files`): staged beside the target, fsynced,
+moved in, the record last, so a reader never takes a half-written IR. `record_problem`
+and `checksum_problem` say why one may not be read (`openvino_model.read_verified` reads
+it only when both checksums match the record and it was written by this OpenVINO
+version).
 
 The weights are stored at full precision: `openvino.save_model` halves them to fp16 by
 default, which put ViT-B/32 4.5e-3 off the Keras model even when computed in f32.
@@ -12,11 +13,9 @@ default, which put ViT-B/32 4.5e-3 off the Keras model even when computed in f32
 
 import json
 import os
-import shutil
-import tempfile
 
 from vit_hub.errors import WeightsError
-from vit_hub.files import TEMPORARY_PREFIX, fsync, read_json, sha256, write_text
+from vit_hub.files import atomic_files, read_json, sha256, verify_checksums
 from vit_hub.runtime.engine import import_openvino, openvino_version
 
 FORMAT = "vit_hub.openvino"
@@ -40,26 +39,14 @@ def check_xml_path(path):
 def write_ir(ov_model, xml_path, record):
     """Writes the IR and its record at `xml_path` atomically (see the module doc)."""
     xml, weights, record_path = paths(check_xml_path(xml_path))
-    folder = os.path.dirname(os.path.abspath(xml))
-    os.makedirs(folder, exist_ok=True)
-    stage = tempfile.mkdtemp(dir=folder, prefix=TEMPORARY_PREFIX)
-    try:
-        staged = os.path.join(stage, "model.xml")
-        import_openvino().save_model(ov_model, staged, compress_to_fp16=False)
-        staged_bin = os.path.splitext(staged)[0] + ".bin"
-        checksums = {"xml": sha256(staged), "bin": sha256(staged_bin)}
-        for path in (staged, staged_bin):
-            fsync(path)
-        if os.path.exists(record_path):
-            os.remove(record_path)  # the old record first: a crash leaves no IR, never a mix
-        os.replace(staged_bin, weights)
-        os.replace(staged, xml)
-        fsync(folder)  # the renames
+    with atomic_files([weights, xml, record_path]) as staged:
+        # save_model names the .bin after the .xml: staged[weights] is beside it.
+        import_openvino().save_model(ov_model, staged[xml], compress_to_fp16=False)
+        checksums = {"xml": sha256(staged[xml]), "bin": sha256(staged[weights])}
         full = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "openvino": openvino_version(), "sha256": checksums, **record}
-        write_text(record_path, json.dumps(full, indent=1))
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        with open(staged[record_path], "w", encoding="utf-8") as f:
+            f.write(json.dumps(full, indent=1))
 
 
 def record_problem(xml_path):
@@ -82,11 +69,5 @@ def record_problem(xml_path):
 def checksum_problem(xml_path):
     xml, weights, record_path = paths(xml_path)
     expected = read_json(record_path)["sha256"]
-    for path, key in ((xml, "xml"), (weights, "bin")):
-        try:
-            actual = sha256(path)
-        except OSError as err:
-            return f"{path} cannot be read ({err.strerror or err})"
-        if actual != expected.get(key):
-            return f"{path} fails its sha256 check (corrupt, truncated or changed)"
-    return None
+    return verify_checksums({xml: expected.get("xml"), weights: expected.get("bin")},
+                            record_path)

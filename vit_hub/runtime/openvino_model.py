@@ -15,27 +15,12 @@ from vit_hub.errors import ConfigError, ImageError, WeightsError
 from vit_hub.files import read_json
 from vit_hub.preprocessing import check_model_images
 from vit_hub.runtime import ir
-from vit_hub.runtime.engine import DEVICE, core, cpu_capabilities
+from vit_hub.runtime.engine import DEVICE, core
+from vit_hub.runtime.options import check_precision
 
-PRECISIONS = ("fp32", "bf16", "int8")
 # OpenVINO's INFERENCE_PRECISION_HINT for each precision: an int8 model computes its
 # quantized matmuls in int8 and every other op in f32.
 _HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
-
-
-def check_precision(precision):
-    """ConfigError for an unknown precision, or bf16 on a CPU without bf16 instructions:
-    the plugin would compute in f32 and the result would be called bf16 falsely."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}: "
-                          "fp32 is exact, bf16 and int8 are faster and record their cost.")
-    if precision == "bf16" and "BF16" not in cpu_capabilities():
-        raise ConfigError(
-            f"precision 'bf16' needs a CPU with bf16 instructions (AVX512_BF16 or AMX); "
-            f"this one offers {', '.join(cpu_capabilities())}, so OpenVINO would compute "
-            "in fp32 under a bf16 label. Use precision='fp32' (exact) or 'int8'."
-        )
-    return precision
 
 
 class OpenVINOModel:
