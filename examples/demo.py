@@ -17,9 +17,9 @@
 3. `load_pretrained("vit_b32_fe")` from the cache, offline, and the features of an
    image; then the same model on the OpenVINO runtime.
 
-What it prints is all it says: TensorFlow's C++ start-up lines are filtered out (see
-`import_tensorflow_quietly`), and JAX, which builds the stand-in, is only ever imported
-in a child process (see `build_stand_in`).
+What it prints is all it says: TensorFlow's C++ start-up lines are filtered out (by
+`vit_hub.terminal.start_tensorflow_quietly`, as vit_hub's own commands do), and JAX,
+which builds the stand-in, is only ever imported in a child process (see `build_stand_in`).
 """
 
 import os
@@ -30,47 +30,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402  (after the variable above, on purpose)
 import multiprocessing  # noqa: E402
-import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from vit_hub.terminal import start_tensorflow_quietly  # noqa: E402  (light: no TensorFlow yet)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "vit_b32_fe"
-
-# TensorFlow's C++ libraries print a few lines when they load (oneDNN and CUDA notices,
-# the CPU-feature note), before TF_CPP_MIN_LOG_LEVEL is read, and an error line about
-# cuInit on machines without a GPU. Nothing a user can act on.
-_START_UP_NOISE = re.compile(
-    r"WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|[IW]\d{4} "
-    r"|To enable the following instructions"
-    r"|E\d{4} .*failed call to cuInit")
-
-
-def import_tensorflow_quietly():
-    """Imports TensorFlow and lists its devices with file descriptor 2 (where C++
-    writes) caught, then writes back every line but the start-up noise above."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
-                if not _START_UP_NOISE.match(line):
-                    sys.stderr.write(line)
-
 
 def sample_image(size=224):
     """A smooth synthetic RGB image, through `vit_hub.preprocess` as any photo would be."""
@@ -89,7 +58,7 @@ def build_stand_in(folder):
     recipe is Flax + jax2tf, and JAX, once imported, warns at every os.fork() of its
     process ("os.fork() was called ... JAX is multithreaded"). Libraries fork behind
     your back (OpenVINO's usage report does, in step 3), so JAX stays out of this one."""
-    import_tensorflow_quietly()
+    start_tensorflow_quietly()
     from vit_hub.conversion import published_format
 
     config = published_format.ARCHS["b32"]
@@ -134,7 +103,7 @@ def main(argv=None):
                         help="where the stand-in and its cache go (default: out/)")
     out = os.path.abspath(parser.parse_args(argv).out)
 
-    import_tensorflow_quietly()  # Keras runs on TensorFlow here: its start-up lines off
+    start_tensorflow_quietly()  # Keras runs on TensorFlow here: its start-up lines off
     import vit_hub
 
     # 1. Obtain and convert: the real model into the user cache on first use, else the

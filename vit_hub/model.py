@@ -475,8 +475,7 @@ def create_vit(
     check_kwargs("create_vit", kwargs, tuple(k for k in model_kwargs() if k != "name"))
     config = {**variant_config(name), **kwargs}
     config.setdefault("name", name)
-    precision.warn_if_bf16_is_emulated(config.get("dtype"))
-    return VisionTransformer(
+    model = VisionTransformer(
         image_size=image_size,
         include_top=include_top,
         num_classes=num_classes,
@@ -484,6 +483,8 @@ def create_vit(
         dropout=dropout,
         **config,
     )
+    precision.warn_if_bf16_is_emulated(model.dtype_policy)  # (the policy checked above)
+    return model
 
 
 # One factory per published variant, as timm and keras-hub offer them: visible to help(),

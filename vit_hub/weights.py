@@ -180,9 +180,10 @@ def empty_model(architecture, **model_kwargs):
     if not architecture.include_top:
         config["pooling"] = "token"
     config.update(model_kwargs)
-    warn_if_bf16_is_emulated(config.get("dtype"))
     with weights_to_be_loaded():  # every weight is assigned by fill, or a fresh head's zeros
-        return VisionTransformer(**config)
+        model = VisionTransformer(**config)
+    warn_if_bf16_is_emulated(model.dtype_policy)  # (checked by the constructor)
+    return model
 
 
 def fill(model, tensors, architecture, source):
