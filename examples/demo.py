@@ -18,7 +18,7 @@
    image; then the same model on the OpenVINO runtime.
 
 What it prints is all it says: TensorFlow's C++ start-up lines are filtered out (by
-`vit_hub.terminal.start_tensorflow_quietly`, as vit_hub's own commands do), and JAX,
+`vit_hub.start_tensorflow_quietly`, as vit_hub's own commands do), and JAX,
 which builds the stand-in, is only ever imported in a child process (see `build_stand_in`).
 """
 
@@ -36,10 +36,11 @@ import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from vit_hub.terminal import start_tensorflow_quietly  # noqa: E402  (light: no TensorFlow yet)
+import vit_hub  # noqa: E402  (light: no framework imported yet)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "vit_b32_fe"
+
 
 def sample_image(size=224):
     """A smooth synthetic RGB image, through `vit_hub.preprocess` as any photo would be."""
@@ -58,7 +59,7 @@ def build_stand_in(folder):
     recipe is Flax + jax2tf, and JAX, once imported, warns at every os.fork() of its
     process ("os.fork() was called ... JAX is multithreaded"). Libraries fork behind
     your back (OpenVINO's usage report does, in step 3), so JAX stays out of this one."""
-    start_tensorflow_quietly()
+    vit_hub.start_tensorflow_quietly()
     from vit_hub.conversion import published_format
 
     config = published_format.ARCHS["b32"]
@@ -103,8 +104,7 @@ def main(argv=None):
                         help="where the stand-in and its cache go (default: out/)")
     out = os.path.abspath(parser.parse_args(argv).out)
 
-    start_tensorflow_quietly()  # Keras runs on TensorFlow here: its start-up lines off
-    import vit_hub
+    vit_hub.start_tensorflow_quietly()  # Keras runs on TensorFlow here: its start-up lines off
 
     # 1. Obtain and convert: the real model into the user cache on first use, else the
     # stand-in into the demo's own cache.

@@ -69,6 +69,7 @@ _LAZY = {
     "to_openvino": "vit_hub.runtime",
     "load_openvino": "vit_hub.runtime",
     "OpenVINOModel": "vit_hub.runtime",
+    "start_tensorflow_quietly": "vit_hub.terminal",
 }
 
 if TYPE_CHECKING:  # what IDEs and static checkers see; at run time see __getattr__
@@ -109,6 +110,7 @@ if TYPE_CHECKING:  # what IDEs and static checkers see; at run time see __getatt
     from vit_hub.pretrained import load_pretrained, load_weights
     from vit_hub.resnet_stem import BottleneckUnit, ResNetStem, StandardizedConv2D
     from vit_hub.runtime import OpenVINOModel, load_openvino, to_openvino
+    from vit_hub.terminal import start_tensorflow_quietly
 
 __all__ = [
     "Architecture",
