@@ -39,6 +39,14 @@ import tempfile
 import time
 import warnings
 
+from vit_hub.architecture import (
+    RESNET_EXPANSION,
+    RESNET_WIDTH,
+    needs_projection,
+    resnet_out_channels,
+    resnet_plan,
+)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(REPO, "out", "bench")
@@ -72,8 +80,8 @@ def flops_per_image(arch):
     norms ignored)."""
     d, mlp, tokens = arch.hidden_dim, arch.mlp_dim, arch.num_tokens
     patches = tokens - 1
-    if arch.resnet_units:  # the stem, then a 1x1 conv on its 2048 channels
-        embed = resnet_flops(arch) + 2 * patches * 2048 * d
+    if arch.resnet_units:  # the stem, then a 1x1 conv on its output channels
+        embed = resnet_flops(arch) + 2 * patches * resnet_out_channels() * d
     else:
         embed = 2 * patches * arch.patch_size ** 2 * 3 * d
     block = 2 * tokens * d * (4 * d + 2 * mlp) + 4 * tokens * tokens * d
@@ -83,18 +91,16 @@ def flops_per_image(arch):
 
 def resnet_flops(arch):
     """Multiply-adds x 2 of a hybrid's ResNet stem: the convolutions (norms ignored)."""
-    from vit_hub.architecture import resnet_plan
-
     height, width = arch.image_size
-    flops = 2 * (height // 2) * (width // 2) * 7 * 7 * 3 * 64  # conv_root
-    pixels, channels = (height // 4) * (width // 4), 64  # after the max pool
+    flops = 2 * (height // 2) * (width // 2) * 7 * 7 * 3 * RESNET_WIDTH  # conv_root
+    pixels, channels = (height // 4) * (width // 4), RESNET_WIDTH  # after the max pool
     for _, _, filters, strides in resnet_plan(arch.resnet_units):
-        out = pixels // strides ** 2
+        out, expanded = pixels // strides ** 2, RESNET_EXPANSION * filters
         flops += 2 * (pixels * channels * filters + out * 9 * filters * filters
-                      + out * filters * 4 * filters)
-        if channels != 4 * filters or strides != 1:  # the projection shortcut
-            flops += 2 * out * channels * 4 * filters
-        pixels, channels = out, 4 * filters
+                      + out * filters * expanded)
+        if needs_projection(channels, filters, strides):  # the projection shortcut
+            flops += 2 * out * channels * expanded
+        pixels, channels = out, expanded
     return flops
 
 

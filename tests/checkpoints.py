@@ -5,13 +5,12 @@ Exporting a SavedModel (Flax + jax2tf) and converting it (TensorFlow, then the p
 check through hub.KerasLayer) take seconds each, and modules, workers and the four
 backend runs used to redo them. What they produce depends only on the model, the seed
 and the code, so it is kept in the temporary folder under a digest of vit_hub's sources
-and this file: the first process to ask builds it under a file lock, beside its final
-place, and renames it there (a reader never sees half of one). Tests read these folders;
-a test that changes a cache works on `cache_copy`.
+and this file: the first process to ask builds it under a file lock, with vit_hub's own
+atomic folder write (a reader never sees half of one). Tests read these folders; a test
+that changes a cache works on `cache_copy`.
 """
 
 import hashlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 import vit_hub
+from vit_hub.files import atomic_folder
 
 SOURCES = Path(vit_hub.__file__).parent
 SEED = 3
@@ -34,18 +34,16 @@ def _digest():
 ROOT = Path(tempfile.gettempdir()) / "vit_hub-tests" / _digest()
 
 
-def _built(name, build):
-    """ROOT/name, made by `build(folder)` unless it exists."""
+def built(name, build):
+    """ROOT/name, made by `build(folder)` (into an empty folder) unless it exists."""
     target = ROOT / name
     if target.exists():
         return target
     ROOT.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{target}.lock"):
         if not target.exists():
-            staging = ROOT / f".tmp-{name}-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            build(staging)
-            os.replace(staging, target)
+            with atomic_folder(target) as staging:
+                build(staging)
     return target
 
 
@@ -70,7 +68,7 @@ def saved_model(name, seed=SEED):
         params = published_format.init_params(config, kind, seed=seed)
         published_format.export_saved_model(params, config, kind, str(folder))
 
-    return str(_built(f"{name}-{seed}", build))
+    return str(built(f"{name}-{seed}", build))
 
 
 def converted_cache(*names, seed=SEED):
@@ -83,7 +81,7 @@ def converted_cache(*names, seed=SEED):
         for name in names:
             convert_into_cache(name, cache_dir=folder, source=saved_model(name, seed))
 
-    return _built(f"cache-{'+'.join(names)}-{seed}", build)
+    return built(f"cache-{'+'.join(names)}-{seed}", build)
 
 
 def cache_copy(folder, *names, seed=SEED):

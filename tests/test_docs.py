@@ -52,7 +52,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(p.relative_to(REPO).as_posix()
@@ -206,25 +205,18 @@ def stand_ins():
     names = named_models()
     digest = hashlib.sha256(Path(__file__).read_bytes()
                             + json.dumps(names).encode()).hexdigest()[:12]
-    target = checkpoints.ROOT / f"docs-stand-ins-{digest}"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{target}.lock"):
-        if not target.exists():
-            staging = target.parent / f".tmp-{target.name}-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir()
-            code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
-                    f"from tests.test_docs import build_stand_ins; "
-                    f"build_stand_ins({str(staging)!r}, {names!r})")
-            done = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                  text=True, cwd=REPO, env=_child_env())
-            if done.returncode != 0:
-                raise AssertionError(f"building the docs' stand-ins failed:\n"
-                                     f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-            os.replace(staging, target)
-    return target
+
+    def build(staging):  # in a child process: the stand-ins replace the registered variants
+        code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+                f"from tests.test_docs import build_stand_ins; "
+                f"build_stand_ins({str(staging)!r}, {names!r})")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                              text=True, cwd=REPO, env=_child_env())
+        if done.returncode != 0:
+            raise AssertionError(f"building the docs' stand-ins failed:\n"
+                                 f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+
+    return checkpoints.built(f"docs-stand-ins-{digest}", build)
 
 
 def _child_env(**extra):

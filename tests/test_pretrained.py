@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import vit_hub
+from tests import checkpoints
 from tests.conftest import TINY, TINY_ENTRY, TINY_HANDLE, TINY_NAME, cache_files
 from tests.kaggle_server import FakeKaggle, kaggle_env, lay_out_kagglehub_cache
 from vit_hub.cache import CacheEntry
@@ -147,10 +148,7 @@ END_TO_END = [
 def published_checkpoint(name, folder):
     """A checkpoint of catalogue model `name` in the published format (random weights)."""
     entry = vit_hub.get_entry(name)
-    arch = entry.architecture
-    config = published_format.HubConfig(arch.patch_size, arch.hidden_dim, arch.num_layers,
-                                        arch.num_heads, arch.mlp_dim, num_classes=1000,
-                                        image_size=entry.image_size[0])
+    config = checkpoints.hub_config(name)
     params = published_format.init_params(config, entry.kind, seed=0)
     return published_format.export_saved_model(params, config, entry.kind, str(folder))
 

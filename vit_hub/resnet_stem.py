@@ -10,7 +10,7 @@ backend-independent. Variable paths map one-to-one to the checkpoints' Linen pat
 import keras
 from keras import ops
 
-from vit_hub.architecture import RESNET_WIDTH, resnet_plan
+from vit_hub.architecture import RESNET_EXPANSION, RESNET_WIDTH, needs_projection, resnet_plan
 
 _PACKAGE = "vit_hub"
 _GN_GROUPS = 32  # fixed by the architecture (flax nn.GroupNorm default)
@@ -118,20 +118,17 @@ class BottleneckUnit(keras.layers.Layer):
         self.gn1 = _group_norm("gn1", d)
         self.conv2 = StandardizedConv2D(filters, 3, strides, name="conv2", dtype=d)
         self.gn2 = _group_norm("gn2", d)
-        self.conv3 = StandardizedConv2D(4 * filters, 1, name="conv3", dtype=d)
+        self.conv3 = StandardizedConv2D(RESNET_EXPANSION * filters, 1, name="conv3", dtype=d)
         # Reference initialises gn3's scale to zero (a fresh unit passes only its shortcut).
         self.gn3 = _group_norm("gn3", d, gamma_initializer="zeros")
         self.conv_proj = None
         self.gn_proj = None
 
-    def needs_projection(self, in_channels):
-        return in_channels != 4 * self.filters or self.strides != 1
-
     def build(self, input_shape):
-        if self.needs_projection(input_shape[-1]):
+        if needs_projection(input_shape[-1], self.filters, self.strides):
             d = self.dtype_policy
             self.conv_proj = StandardizedConv2D(
-                4 * self.filters, 1, self.strides, name="conv_proj", dtype=d
+                RESNET_EXPANSION * self.filters, 1, self.strides, name="conv_proj", dtype=d
             )
             self.gn_proj = _group_norm("gn_proj", d)
             _build_chain([self.conv_proj, self.gn_proj], input_shape)
@@ -148,7 +145,7 @@ class BottleneckUnit(keras.layers.Layer):
         return ops.relu(residual + y)
 
     def compute_output_shape(self, input_shape):
-        return self.conv2.compute_output_shape(input_shape)[:-1] + (4 * self.filters,)
+        return self.conv2.compute_output_shape(input_shape)[:-1] + (RESNET_EXPANSION * self.filters,)
 
     def get_config(self):
         config = super().get_config()
