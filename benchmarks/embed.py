@@ -1,47 +1,60 @@
 """vit-embed (Keras and OpenVINO fp32 workers) against a plain `model.predict` loop over
 the same image files.
 
-    python benchmarks/run.py embed --models vit_b32_fe --json out/embed.json
+    python -m benchmarks.run embed --models vit_b32_fe --json out/embed.json
 
 Both are whole commands in fresh processes, as a user runs them (imports, Ray start, model
 load and every image's read, decode and resize included), timed alternately; then the
 rows are compared with the loop's outputs. The images are JPEGs of a photo's statistics
 (smooth gradients plus noise), 320x240, written once into out/bench/embed_images.
+
+The commands are tasks of this module (`python -m benchmarks.embed <task> '<json>'`):
+`predict_loop`, and `command`, which runs a vit_hub command-line tool's `main`.
 """
 
+import glob
+import importlib
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-LOOP = r"""
-import glob, os, sys
-import numpy as np
-import vit_hub
-{register}
-name, folder, cache, batch, out = sys.argv[1:6]
-paths = sorted(glob.glob(os.path.join(folder, "*.jpg")))
-model = vit_hub.load_pretrained(name, cache_dir=cache, offline=True)
-size = vit_hub.get_entry(name).image_size
-outputs = [model.predict(vit_hub.preprocess(paths[i:i + int(batch)], image_size=size), verbose=0)
-           for i in range(0, len(paths), int(batch))]
-np.save(out, np.concatenate(outputs))
-"""
+from benchmarks import child
 
-CLI = r"""
-import sys
-{register}
-from vit_hub.cli.{module} import main
-sys.exit(main(sys.argv[1:]))
-"""
 # (key, workers, runtime) of each vit-embed command timed.
 EMBEDS = [("vit_embed_1_worker", 1, "keras"), ("vit_embed_2_workers", 2, "keras"),
           ("vit_embed_openvino_1_worker", 1, "openvino"),
           ("vit_embed_openvino_2_workers", 2, "openvino")]
+
+
+# === Tasks (each runs in a child) ===
+
+
+def predict_loop(name, folder, cache, batch, out):
+    """What a user writes without vit-embed: preprocess and `model.predict` batch by
+    batch; the outputs saved to `out` (.npy)."""
+    import vit_hub
+
+    paths = sorted(glob.glob(os.path.join(folder, "*.jpg")))
+    model = vit_hub.load_pretrained(name, cache_dir=cache, offline=True)
+    size = vit_hub.get_entry(name).image_size
+    outputs = [model.predict(vit_hub.preprocess(paths[i:i + batch], image_size=size),
+                             verbose=0) for i in range(0, len(paths), batch)]
+    np.save(out, np.concatenate(outputs))
+    return {"rows": sum(len(o) for o in outputs)}
+
+
+def command(module, argv):
+    """`vit_hub.cli.<module>.main(argv)`, as its console script runs it."""
+    code = importlib.import_module(f"vit_hub.cli.{module}").main(argv)
+    if code:
+        raise SystemExit(code)
+    return {"exit": 0}
+
+
+TASKS = {"predict_loop": predict_loop, "command": command}
 
 
 def write_images(folder, count):
@@ -59,40 +72,36 @@ def write_images(folder, count):
     return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jpg"))[:count]
 
 
-def run(code, args, env):
+def timed(task, kwargs, smoke):
+    """Seconds of the whole child process that runs `task`."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          env=env)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise RuntimeError(f"benchmark command failed:\n{done.stderr[-3000:]}")
-    return seconds, done.stdout
+    child.run("embed", task, kwargs, smoke=smoke)
+    return time.perf_counter() - start
 
 
-def bench_embed(name, cache, images_folder, register="", count=512, batch=32, repeats=2):
+def bench_embed(name, cache, images_folder, smoke=None, count=512, batch=32, repeats=2):
     """Images/s of the predict loop and of vit-embed with 1 and 2 workers, Keras and
     OpenVINO fp32, and the largest difference between each runtime's rows and the loop's
-    outputs. `register`: code that registers `name` in the commands' processes (the
-    smoke stand-ins)."""
+    outputs. `smoke`: the stand-in the commands' processes register ({"name", "fields"})."""
     folder = os.path.join(images_folder, str(count))
     paths = write_images(folder, count)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "VIT_HUB_OFFLINE": "1"}
     # The IR is built once, untimed, as a user would before going offline.
-    run(CLI.format(register=register, module="convert_weights"),
-        [name, "--cache-dir", cache, "--runtime", "openvino"], env)
+    child.run("embed", "command", {"module": "convert_weights", "argv": [
+        name, "--cache-dir", cache, "--runtime", "openvino"]}, smoke=smoke)
     seconds = {"predict_loop": [], **{key: [] for key, _, _ in EMBEDS}}
     difference = {}
     with tempfile.TemporaryDirectory() as tmp:
         expected = os.path.join(tmp, "expected.npy")
         for round_ in range(repeats):  # alternating, so drift hits every contender alike
-            seconds["predict_loop"].append(run(LOOP.format(register=register),
-                                               [name, folder, cache, str(batch), expected], env)[0])
+            seconds["predict_loop"].append(timed("predict_loop", {
+                "name": name, "folder": folder, "cache": cache, "batch": batch,
+                "out": expected}, smoke))
             for key, workers, runtime in EMBEDS:
                 out = os.path.join(tmp, f"{key}-{round_}")
-                seconds[key].append(run(CLI.format(register=register, module="vit_embed"), [
+                seconds[key].append(timed("command", {"module": "vit_embed", "argv": [
                     name, folder, "--output", out, "--cache-dir", cache, "--offline",
                     "--workers", str(workers), "--batch-size", str(batch),
-                    "--runtime", runtime], env)[0])
+                    "--runtime", runtime]}, smoke))
                 found, rows = max_difference(out, paths, np.load(expected))
                 difference[runtime] = max(difference.get(runtime, 0.0), found)
     median = {k: statistics.median(v) for k, v in seconds.items()}
@@ -115,3 +124,7 @@ def max_difference(out, paths, expected):
     column = "features" if "features" in table.column_names else "logits"
     rows = np.stack(table.column(column).to_numpy(zero_copy_only=False))
     return float(np.abs(rows[[index[p] for p in paths]] - expected).max()), table.num_rows
+
+
+if __name__ == "__main__":
+    child.main(TASKS)

@@ -9,6 +9,7 @@ so nothing is added to the catalogue; the tiny models are those tests/conftest.p
 registers. The shared helpers and the other faults: tests/fault_support.py.
 """
 
+import io
 import json
 import os
 import re
@@ -109,6 +110,16 @@ def _image(shape, dtype=np.uint8, value=0):
     return np.full(shape, value, dtype)
 
 
+def _png_bytes():
+    """A 32x32 PNG of noise, encoded in memory (as an upload arrives)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 CLASSIFICATION = TINY_CLASSIFICATION
 UNPINNED = "spsayakpaul/vision-transformer/tensorFlow2/vit-tiny8-fe"
 
@@ -140,6 +151,34 @@ BAD_INPUTS = {
     "image-size-zero": (lambda c: vit_hub.preprocess(_image((32, 32, 3)), image_size=(0, 32)),
                         ValueError, r"^image_size must be a positive int or a \(height, width\) "
                                     r"pair of positive ints, got \(0, 32\)"),
+    "image-size-float": (lambda c: vit_hub.preprocess(_image((32, 32, 3)), image_size=224.0),
+                         ValueError, r"^image_size must be a positive int or a \(height, width\) "
+                                     r"pair of positive ints, got 224\.0 \(a float\): pass 224"),
+    "crop-fraction-above-1": (
+        lambda c: vit_hub.preprocess(_image((32, 32, 3)), crop_fraction=1.5), ValueError,
+        r"^crop_fraction must be None or a number in \(0, 1\].*got 1\.5: above 1 the crop "
+        r"would be larger than the image"),
+    "crop-fraction-zero": (
+        lambda c: vit_hub.preprocess(_image((32, 32, 3)), crop_fraction=0), ValueError,
+        r"^crop_fraction must be None or a number in \(0, 1\].*got 0: it would keep nothing"),
+    "image-url": (lambda c: vit_hub.preprocess("https://example.com/cat.jpg"), ValueError,
+                  r"^https://example\.com/cat\.jpg is a URL: vit_hub does not download images\. "
+                  r"Fetch the image first and pass its bytes"),
+    "image-folder": (lambda c: vit_hub.preprocess(c.inputs / "read_only_cache"), ValueError,
+                     r"read_only_cache is a folder, not an image file: pass its image files.*"
+                     r"vit-embed"),
+    "image-bytes-not-an-image": (
+        lambda c: vit_hub.preprocess(b"<html>502 Bad Gateway</html>"), ValueError,
+        r"^image bytes \(28 bytes\) is not a readable JPEG, PNG, GIF, BMP, TIFF or WebP image "
+        r".*the bytes look like text \(HTML or JSON\)"),
+    "image-bytes-truncated": (
+        lambda c: vit_hub.preprocess(_png_bytes()[:100]), ValueError,
+        r"^image bytes \(100 bytes\) is not a readable JPEG, PNG, GIF, BMP, TIFF or WebP image"),
+    "image-file-object-not-an-image": (
+        lambda c: vit_hub.preprocess(io.BytesIO(b"GIF89a\0\0")), ValueError,
+        r"^BytesIO file object is not a readable JPEG, PNG"),
+    "image-generator-of-nothing": (lambda c: vit_hub.preprocess(x for x in ()), ValueError,
+                                   r"^preprocess got no images\.$"),
     "logits-of-another-head": (lambda c: vit_hub.decode_predictions(np.zeros((2, 10))),
                                ValueError, r"shape \(batch, 1000\), got \(2, 10\)"),
     # model names, handles, the catalogue
@@ -222,7 +261,7 @@ BAD_INPUTS = {
         r"^No weights file at .*hub \(it is a folder\)"),
     "weights-file-not-hdf5": (
         lambda c: vit_hub.load_pretrained(NAME, weights=c.inputs / "garbage.h5"), WeightsError,
-        r"^Cannot read weights file .*garbage\.h5: .*truncated or corrupt"),
+        r"^Cannot read .*garbage\.h5: .*truncated or not a vit_hub weights file\. Convert it again"),
     "weights-of-another-model": (
         lambda c: vit_hub.load_pretrained("vit_s16_fe", weights=c.inputs / "weights" / f"{NAME}.h5"),
         WeightsError,

@@ -1,26 +1,40 @@
-"""The benchmark tool's smoke mode (tiny models, one repeat): every figure is produced.
-The full-size runs are `python benchmarks/run.py`, not CI."""
+"""The benchmark tool's smoke mode (tiny models, short rounds): every figure is produced,
+each throughput contender timed in a process of its own with its spread, the CPU class
+recorded, and the report rendered from the JSON alone. The full-size runs are
+`python -m benchmarks.run`, not CI."""
 
+import ast
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+CLASS_SETS = ("AVX2", "AVX-512F", "AVX512_VNNI", "AVX512_BF16", "AMX")
 
 
-def run(*args):
-    done = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run.py"), *args],
-                          capture_output=True, text=True, timeout=900,
+def run(module, *args):
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=1500,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
-def test_smoke_writes_every_figure(tmp_path):
-    out = tmp_path / "bench.json"
-    printed = run("--smoke", "--batch", "1,2", "--json", str(out))
-    report = json.loads(out.read_text())
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """(the JSON, what the run printed, the JSON's path) of one smoke run."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    printed = run("benchmarks.run", "--smoke", "--batch", "1,2", "--json", str(out))
+    return json.loads(out.read_text()), printed, out
+
+
+def test_smoke_writes_every_figure(smoke):
+    report, printed, out = smoke
     assert report["machine"]["matmul_gflops_fp32"] > 0 and report["machine"]["cores"] >= 1
     model = report["models"][0]
     assert model["conversion"]["seconds"] > 0 and model["conversion"]["io_floor_s"] > 0
@@ -74,6 +88,9 @@ def test_smoke_writes_every_figure(tmp_path):
         assert all(figures[f"{call}_batch{batch}_images_per_s"] > 0
                    for call in ("call", "predict_on_batch") for batch in (1, 2))
         assert ("bf16_call_batch1_images_per_s" in figures) == (backend != "torch")
+        for key, record in figures["spread"].items():
+            assert record["min"] <= record["images_per_s"] <= record["max"], (backend, key)
+            assert figures[f"{key}_images_per_s"] == record["images_per_s"]
     assert first["native_load_rss_bytes"] > 0
     assert 0.9 < model["cosine_to_fp32"]["native_bf16_call"] <= 1.0 + 1e-9
     assert set(model["targets"]) == {"call_batch1_vs_hub", "first_prediction_vs_hub",
@@ -95,17 +112,119 @@ def test_smoke_writes_every_figure(tmp_path):
             assert verdict["measured"] > 0, key
     int8_why = model["targets"]["openvino_int8_batch1_vs_hub"]["why"]
     assert "OpenVINO fp32 (the ceiling reference)" in int8_why and "avx512_vnni" in int8_why
-    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert "target first_prediction_vs_hub" in printed
     assert "openvino_fp32: built" in printed and "target openvino_int8_batch1_vs_hub" in printed
 
 
+def test_each_contender_in_its_own_process_with_its_spread(smoke):
+    report = smoke[0]
+    model = report["models"][0]
+    assert model["throughput_method"]["rounds"] == 2  # --smoke
+    peaks = {"fp32": report["machine"]["matmul_gflops_fp32"],
+             "bf16": report["machine"]["matmul_gflops_bf16"]}
+    for batch, figures in model["throughput"].items():
+        assert set(figures["contenders"]) == set(figures["images_per_s"])
+        for key, record in figures["contenders"].items():
+            assert len(record["rounds"]) == 2 and all(r > 0 for r in record["rounds"])
+            assert record["min"] == min(record["rounds"]) and record["max"] == max(record["rounds"])
+            assert record["min"] <= record["images_per_s"] <= record["max"], (batch, key)
+            assert figures["images_per_s"][key] == record["images_per_s"]
+            # The share of the machine's limit: fp32's peak, bf16's for bf16 paths.
+            assert record["peak"] == ("bf16" if "bf16" in key else "fp32")
+            share = 100 * record["images_per_s"] * model["flops_per_image"] / 1e9
+            assert record["peak_pct"] == pytest.approx(share / peaks[record["peak"]])
+    # Each child held its own engine only.
+    processes = model["throughput_processes"]
+    assert set(processes) == set(model["throughput"]["1"]["contenders"])
+    for key, process in processes.items():
+        loaded = set(process["engine_modules_imported"])
+        assert process["process_s"] > 0
+        if key.startswith("openvino_"):
+            assert "openvino" in loaded and not loaded & {"tensorflow", "keras", "onnxruntime"}
+            assert process["compiled"]["INFERENCE_PRECISION_HINT"]
+        elif key.startswith("onnxruntime_"):
+            assert "onnxruntime" in loaded, key
+            assert not loaded & {"tensorflow", "keras", "jax", "torch", "openvino"}, key
+            assert "session.intra_op.allow_spinning" in process["session_options"]
+        else:  # the hub layer and the Keras contenders: TensorFlow
+            assert "tensorflow" in loaded and not loaded & {"openvino", "onnxruntime"}, key
+
+
+def test_the_cpu_class_is_recorded(smoke):
+    machine = smoke[0]["machine"]
+    with open("/proc/cpuinfo") as f:
+        lines = f.read().splitlines()
+    name = next(l.split(":", 1)[1].strip() for l in lines if l.startswith("model name"))
+    flags = set(next(l.split(":", 1)[1].split() for l in lines if l.startswith("flags")))
+    assert machine["cpu_class"]["model"] == name
+    sets = machine["cpu_class"]["instruction_sets"]
+    assert tuple(sets) == CLASS_SETS
+    assert sets["AVX2"] == ("avx2" in flags) and sets["AVX-512F"] == ("avx512f" in flags)
+    assert sets["AVX512_BF16"] == ("avx512_bf16" in flags)
+    assert sets["AVX512_VNNI"] == ("avx512_vnni" in flags)
+    assert sets["AMX"] == bool(flags & {"amx_bf16", "amx_int8", "amx_tile"})
+
+
+def test_the_report_is_rendered_from_the_json(smoke, tmp_path):
+    report, printed, out = smoke
+    table = tmp_path / "table.md"
+    shown = run("benchmarks.report", str(out), "--markdown", str(table))
+    # The run printed the same report (report.py's), from the same figures.
+    assert shown.split("\nwrote ")[0].strip() in printed
+    text = table.read_text()
+    machine = report["machine"]
+    cpu = machine["cpu_class"]["model"]
+    blocks = text.split("\n\n")
+    tables = [b for b in blocks if b.lstrip().startswith("| ")]
+    assert len(tables) >= 5
+    for block in tables:  # every table captioned with the CPU class it was measured on
+        caption = blocks[blocks.index(block) - 1]
+        assert cpu in caption and all(label in caption for label in CLASS_SETS), caption
+    model = report["models"][0]
+    hub = model["throughput"]["1"]["contenders"]["hub_layer"]
+    assert f"{hub['images_per_s']:.1f} ({hub['min']:.1f}-{hub['max']:.1f}, 2 rounds)" in text
+    assert "first_prediction_vs_hub" in text and model["model"] in text
+
+
+def test_no_child_is_run_from_a_code_string():
+    """Children run `python -m benchmarks.<module> <task> <json>`: no `python -c`, no
+    exec/eval, no code templates; one module starts processes."""
+    assert (BENCHMARKS / "__init__.py").is_file()
+    starters = set()
+    for path in BENCHMARKS.glob("*.py"):
+        source = path.read_text()
+        tree = ast.parse(source, str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = node.func
+                assert not (isinstance(func, ast.Name) and func.id in ("exec", "eval", "compile")), path
+                assert not (isinstance(func, ast.Attribute) and func.attr == "format"), path
+            if isinstance(node, ast.Constant) and node.value == "-c":
+                pytest.fail(f"{path.name}: a '-c' command line")
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and (
+                    node.value.id in ("subprocess", "multiprocessing", "os")
+                    and node.attr in ("run", "Popen", "Process", "system", "execv", "spawnv")):
+                starters.add(path.name)
+        if "TASKS" in source and path.name != "child.py":  # every task a module function
+            tasks = next(n for n in tree.body if isinstance(n, ast.Assign)
+                         and getattr(n.targets[0], "id", None) == "TASKS")
+            functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+            names = {n.id for n in ast.walk(tasks.value) if isinstance(n, ast.Name)}
+            assert names - {"task"} <= functions, path
+            assert "child.main(TASKS)" in source, path
+    assert starters == {"child.py"}
+
+
 def test_compare_smoke(tmp_path):
     out = tmp_path / "compare.json"
-    printed = run("compare", "--smoke", "--variants", "vit_ti16,vit_s16", "--json", str(out))
-    rows = json.loads(out.read_text())["compare"]
+    printed = run("benchmarks.run", "compare", "--smoke", "--variants", "vit_ti16,vit_s16",
+                  "--json", str(out))
+    result = json.loads(out.read_text())
+    rows = result["compare"]
     assert [r["variant"] for r in rows] == ["vit_ti16", "vit_s16"]
     assert rows[1]["params"] > rows[0]["params"] > 0
     assert rows[1]["gflops_per_image"] > rows[0]["gflops_per_image"] > 0
     assert all(r["images_per_s"] > 0 and r["peak_rss_bytes"] > 0 for r in rows)
     assert rows[0]["output_shape"] == [None, 192] and "vit_s16" in printed
+    assert result["machine"]["cpu_class"]["model"] in printed

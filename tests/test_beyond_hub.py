@@ -1,6 +1,7 @@
 """What hub.KerasLayer cannot do: preprocessing, class names, other resolutions, new heads,
 attention maps and rollout, intermediate outputs, mixed precision."""
 
+import io
 import warnings
 
 import keras
@@ -242,6 +243,10 @@ def test_attention_rollout_and_overlay(tmp_path, images):
     path = vit_hub.save_attention_overlay(images[-1], rollout[-1], tmp_path / "rollout.png")
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 500
+    # What preprocess reads, attention_maps reads: a path, its bytes, a binary file.
+    from_path = vit_hub.attention_maps(model, [str(path)])
+    for given in (data, io.BytesIO(data)):
+        np.testing.assert_array_equal(vit_hub.attention_maps(model, [given])[0], from_path[0])
     with pytest.raises(ValueError, match="head_fusion"):
         vit_hub.attention_rollout(maps, model.grid_size, head_fusion="min")
 

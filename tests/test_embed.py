@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -107,6 +108,25 @@ def test_rows_equal_predict_and_unreadable_images_are_listed(cache, photos, tmp_
     assert [e["path"] for e in errors] == sorted([str(photos / "broken.jpg"),
                                                   str(photos / "trips" / "cut.png")])
     assert all("not a readable JPEG, PNG" in e["reason"] for e in errors)
+
+
+def test_a_run_raises_no_deprecation_warning(cache, photos, tmp_path):
+    """Ray Data is driven through its current API: no `**ray_remote_args` (deprecated in
+    Ray 2.60, whose warning every run printed), the retry bound kept by the workers."""
+    from ray.util.annotations import RayDeprecationWarning
+
+    import vit_hub
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = vit_hub.embed_images(TINY_NAME, readable(photos)[0], tmp_path / "out",
+                                       cache_dir=cache, offline=True, progress=False)
+    assert summary.images == 1
+    ours = f"{os.sep}vit_hub{os.sep}"
+    found = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+             if issubclass(w.category, RayDeprecationWarning)
+             or (issubclass(w.category, DeprecationWarning) and ours in w.filename)]
+    assert not found, found
 
 
 def test_classification_rows_hold_logits_and_the_top5(cache, photos, tmp_path):

@@ -54,7 +54,7 @@ def test_disk_full_while_writing_weights(env, monkeypatch, tiny_saved_model):  #
                                      "the disk is full (No space left on device).")
     assert "Nothing partial was left there" in str(err.value)
     assert "--cache-dir or VIT_HUB_CACHE" in str(err.value)
-    assert files(env.cache) == ["v1/vit_tiny8_fe.lock"] and entry.state() == "missing"
+    assert files(env.cache) == ["v1/.locks/vit_tiny8_fe.lock"] and entry.state() == "missing"
     monkeypatch.setattr(h5py.Group, "create_dataset", original)
     convert_into_cache(NAME, verify=False)  # space again: it completes
     assert_complete(entry)
@@ -73,7 +73,7 @@ def test_disk_full_while_writing_metadata(env, monkeypatch, tiny_saved_model, ca
     assert code == 1 and "FAILED" in out
     assert (f"convert-weights: {NAME}: Cannot write the vit_hub cache at {entry.folder}: the "
             "disk is full") in err
-    assert files(env.cache) == ["v1/vit_tiny8_fe.lock"]  # the weights written too: gone
+    assert files(env.cache) == ["v1/.locks/vit_tiny8_fe.lock"]  # the weights written too: gone
 
 
 def test_disk_full_on_a_real_small_file_system(env, monkeypatch, tiny_saved_model, capsys):  # noqa: F811
@@ -84,7 +84,7 @@ def test_disk_full_on_a_real_small_file_system(env, monkeypatch, tiny_saved_mode
         assert re.match(rf"Cannot write the vit_hub cache at {re.escape(entry.folder)}: the "
                         r"disk is full \(No space left on device; the weights need \d+ kB, "
                         r"\d+ kB is free\)\. Nothing partial was left there\.", str(err.value))
-        assert files(small) == ["v1/vit_tiny8_fe.lock"]  # the empty lock file only
+        assert files(small) == ["v1/.locks/vit_tiny8_fe.lock"]  # the empty lock file only
         # --output on the full disk: the cache entry is complete, the copy is not made.
         code, out, stderr = cli(capsys, NAME, "--source", tiny_saved_model, "--no-verify",
                                 "--output", small / "out" / "w.h5")
@@ -120,7 +120,7 @@ def test_disk_filling_up_mid_write_leaves_no_half_entry(env, tiny_saved_model, c
         (small / "filler").unlink()
         code, out, err = cli(capsys, *args)
         assert code == 0, err
-        assert files(small) == ["v1/vit_tiny8_fe.lock", "v1/vit_tiny8_fe/vit_tiny8_fe.h5",
+        assert files(small) == ["v1/.locks/vit_tiny8_fe.lock", "v1/vit_tiny8_fe/vit_tiny8_fe.h5",
                                 "v1/vit_tiny8_fe/vit_tiny8_fe.json"]
 
 

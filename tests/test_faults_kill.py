@@ -106,7 +106,7 @@ def test_kill_9_leaves_no_half_entry_and_the_next_run_completes(
     assert code == 0, err
     assert f"{NAME}  converted" in out
     assert_complete(entry, tiny_saved_model)
-    assert files(env.cache) == ["v1/vit_tiny8_fe.lock", "v1/vit_tiny8_fe/vit_tiny8_fe.h5",
+    assert files(env.cache) == ["v1/.locks/vit_tiny8_fe.lock", "v1/vit_tiny8_fe/vit_tiny8_fe.h5",
                                 "v1/vit_tiny8_fe/vit_tiny8_fe.json"]
     if point == "download":  # kagglehub resumed the partial files (HTTP Range)
         assert any(call["range"] for call in server.calls)
@@ -139,5 +139,27 @@ def test_four_processes_at_once_convert_once(env, monkeypatch, tiny_saved_model)
             assert f"{NAME}  converted" in out or f"{NAME}  cached" in out
     assert sum(f"{NAME}  converted" in out for out, _ in outputs) <= 1
     assert_complete(env.entry(), tiny_saved_model)
-    assert files(env.cache) == ["v1/vit_tiny8_fe.lock", "v1/vit_tiny8_fe/vit_tiny8_fe.h5",
+    assert files(env.cache) == ["v1/.locks/vit_tiny8_fe.lock", "v1/vit_tiny8_fe/vit_tiny8_fe.h5",
                                 "v1/vit_tiny8_fe/vit_tiny8_fe.json"]
+
+
+def test_a_hit_removes_what_a_killed_writer_staged_unless_a_writer_is_at_work(tmp_path):
+    """A writer killed while staging a --force rewrite leaves `.tmp-<name>.*` beside a
+    complete entry; loads are hits from then on, so the next load removes it when no
+    writer holds the lock, and leaves it while one does (it may be that writer's)."""
+    import filelock
+
+    from tests import checkpoints
+    from vit_hub.cache import CacheEntry
+
+    cache = checkpoints.cache_copy(tmp_path / "cache", NAME)
+    entry = CacheEntry(NAME, cache)
+    staged = os.path.join(os.path.dirname(entry.folder), f"{entry.staging_prefix}x1")
+    os.makedirs(staged)
+    with open(os.path.join(staged, f"{NAME}.h5"), "wb") as f:
+        f.write(b"\0" * 1000)
+    with filelock.FileLock(entry.lock_path):  # a writer at work: its files stay
+        vit_hub.load_pretrained(NAME, cache_dir=cache, offline=True)
+        assert os.path.isdir(staged)
+    vit_hub.load_pretrained(NAME, cache_dir=cache, offline=True)
+    assert not os.path.exists(staged)

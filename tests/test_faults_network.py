@@ -50,7 +50,7 @@ def test_no_network_with_cold_cache_is_one_clear_error(env, capsys):  # noqa: F8
                               "not be reached (ProxyError: [Errno 111] Connection refused;")
     assert "\n" not in message and message.count("Kaggle could not be reached") == 1
     assert "convert-weights NAME --source DIR" in message
-    assert files(env.cache) == ["v1/vit_tiny8_fe.lock"]
+    assert files(env.cache) == ["v1/.locks/vit_tiny8_fe.lock"]
     assert files(env.kagglehub) == []
     code, out, stderr = cli(capsys, NAME)
     assert code == 1 and "FAILED" in out

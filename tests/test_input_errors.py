@@ -8,6 +8,7 @@ settings that cannot be; dtypes that are not float policies; flags that are not 
 cache folder that is a file or cannot be read; and a VIT_HUB_OFFLINE value that means
 neither on nor off. The model-input tests run on every backend."""
 
+import io
 import json
 import os
 import re
@@ -600,11 +601,13 @@ def test_a_wrong_shape_writes_nothing_to_stderr():
 
 
 @pytest.mark.backends
-@pytest.mark.parametrize("images", ["photo.jpg", ["a.jpg", "b.png"], "pil"])
+@pytest.mark.parametrize("images", ["photo.jpg", ["a.jpg", "b.png"], "pil", b"\x89PNG\r\n",
+                                    "file object"])
 def test_files_given_to_the_model_say_to_preprocess(model, images):
     from PIL import Image
 
-    images = Image.new("RGB", (8, 8)) if images == "pil" else images
+    images = {"pil": Image.new("RGB", (8, 8)), "file object": io.BytesIO(b"\x89PNG\r\n")
+              }.get(images, images) if isinstance(images, str) else images
     with pytest.raises(ImageTypeError, match=r"it takes a float32 batch \(B, 32, 32, 3\) in "
                                              r"\[-1, 1\]; read and scale image files with "
                                              r"vit_hub\.preprocess\(paths, image_size=32\)"):

@@ -203,8 +203,83 @@ def test_bad_lora_inputs(tmp_path):
         other_head.load_lora_weights(path)
     assert other_head.lora is None  # enabled for the load, and taken back with it
     (tmp_path / "junk.lora.h5").write_bytes(b"not hdf5")
-    with pytest.raises(vit_hub.WeightsError, match="Cannot read LoRA weights"):
+    with pytest.raises(vit_hub.WeightsError, match="Cannot read .*junk.lora.h5.* not a "
+                       "vit_hub LoRA weights file. Save the adapters again"):
         tiny().load_lora_weights(tmp_path / "junk.lora.h5")
+    with pytest.raises(vit_hub.WeightsError, match="missing.lora.h5 does not exist"):
+        tiny().load_lora_weights(tmp_path / "missing.lora.h5")
+
+
+def test_lora_files_load_only_into_what_they_were_saved_from(tmp_path, images):
+    """The same widths are not enough: another patch size, another alpha are refused;
+    the same targets in another order are the same adapters."""
+    model = tiny()
+    model.enable_lora(2, target=("query", "value"), alpha=4)
+    randomize_adapters(model)
+    path = model.save_lora_weights(tmp_path / "a4.lora.h5")
+    other_alpha = tiny()
+    other_alpha.enable_lora(2, target=("query", "value"), alpha=16)
+    with pytest.raises(vit_hub.WeightsError, match="alpha 4.*the model has rank 2, alpha 16"):
+        other_alpha.load_lora_weights(path)
+    other_patch = tiny(patch_size=TINY["patch_size"] // 2)
+    with pytest.raises(vit_hub.WeightsError, match="another architecture: patch_size"):
+        other_patch.load_lora_weights(path)
+    reordered = tiny()
+    reordered.enable_lora(2, target=("value", "query"), alpha=4)
+    reordered.load_lora_weights(path)
+    np.testing.assert_allclose(numpy(reordered(images)), numpy(model(images)),
+                               atol=TOLERANCE, rtol=0)
+
+
+def test_a_corrupt_lora_file_is_refused(tmp_path):
+    """One flipped exponent bit in an adapter loaded before and gave NaNs: the file's
+    checksum refuses it (and a file without one)."""
+    model = tiny()
+    model.enable_lora(2)
+    randomize_adapters(model)
+    path = model.save_lora_weights(tmp_path / "a.lora.h5")
+    tiny().load_lora_weights(path)  # intact: loads
+    with h5py.File(path, "r+") as f:
+        dataset = f["block_0/attention/query/lora_kernel_b"]
+        values = dataset[()]
+        values.view(np.uint32)[0, 0] ^= 1 << 30  # an exponent bit
+        dataset[...] = values
+    with pytest.raises(vit_hub.WeightsError, match="fails its sha256 check.*Save the "
+                       "adapters again"):
+        tiny().load_lora_weights(path)
+    with h5py.File(path, "r+") as f:
+        del f.attrs["sha256"]
+    with pytest.raises(vit_hub.WeightsError, match="has no checksum"):
+        tiny().load_lora_weights(path)
+
+
+def test_a_lora_model_freezes_whole(tmp_path):
+    """model.trainable = False freezes the adapters too, also inside an outer model and
+    in a frozen KerasLayer, as Keras' own Dense.enable_lora does: only the outer head
+    trains."""
+    model = tiny()
+    model.enable_lora(2)
+    assert len(model.trainable_weights) == 4 * TINY["num_layers"] + 2  # A, B x2; head
+    model.trainable = False
+    inputs = keras.Input((TINY_IMAGE, TINY_IMAGE, 3))
+    head = keras.layers.Dense(3)
+    outer = keras.Model(inputs, head(model(inputs)))
+    assert [v.path for v in outer.trainable_weights] == [v.path for v in head.weights]
+    saved = tiny()
+    saved.enable_lora(2)
+    path = saved.save_lora_weights(tmp_path / "a.lora.h5")
+    layer = vit_hub.KerasLayer(None, architecture=vit_hub.architecture.Architecture.of(
+        saved).to_dict())  # (as a `.keras` file builds it: the network, no cache)
+    assert not layer.trainable  # hub.KerasLayer's default
+    layer.load_lora_weights(path)
+    head = keras.layers.Dense(3)
+    outer = keras.Model(inputs, head(layer(inputs)))
+    assert [v.path for v in outer.trainable_weights] == [v.path for v in head.weights]
+
+
+def test_a_rank_above_the_kernels_rank_is_refused():
+    with pytest.raises(vit_hub.ConfigError, match="above the full rank"):
+        tiny().enable_lora(10**6)
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the OpenVINO runtime converts on one "

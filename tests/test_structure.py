@@ -90,3 +90,22 @@ def test_nothing_outside_tests_changes_sys_path():
                         and isinstance(node.value, ast.Name) and node.value.id == "sys"):
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []
+
+
+def test_private_keras_names_are_imported_only_where_the_readme_says():
+    """`keras.src` only in compiled.py, for the names the README's "Private Keras names"
+    lists: a new private import is a decision to write down, not to slip in."""
+    said = {"in_stateless_scope", "OpenVINOKerasTensor", "OPENVINO_DTYPES", "get_device"}
+    readme = (REPO / "README.md").read_text()
+    found = {}
+    for path in list(PACKAGE.rglob("*.py")) + list((REPO / "benchmarks").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras.src"):
+                for alias in node.names:
+                    found.setdefault(alias.name, set()).add(path.relative_to(REPO).as_posix())
+            elif isinstance(node, ast.Import) and any(
+                    a.name.startswith("keras.src") for a in node.names):
+                found.setdefault("(module)", set()).add(path.relative_to(REPO).as_posix())
+    assert set(found) <= said, found
+    assert all(files == {"vit_hub/compiled.py"} for files in found.values()), found
+    assert all(f"`{name}`" in readme for name in found)

@@ -6,10 +6,13 @@ table 1) and of the AugReg checkpoints (Steiner et al., 2021) published on Kaggl
 Nothing here imports Keras: the catalogue, the cache and `convert-weights --list` use it.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import difflib
 import numbers
 import re
+from typing import Any
 
 from vit_hub.errors import ArgumentError, ConfigError
 
@@ -26,8 +29,23 @@ def image_hw(image_size):
         height = width = None
     if not (is_int(height) and is_int(width) and height > 0 and width > 0):
         raise ConfigError(f"image_size must be a positive int or a (height, width) pair of "
-                          f"positive ints, got {image_size!r}.")
+                          f"positive ints, got {image_size!r}{_size_hint(image_size)}.")
     return int(height), int(width)
+
+
+def _size_hint(image_size):
+    """What is wrong with an image size that `image_hw` refuses, and the fix, or ''."""
+    values = image_size if isinstance(image_size, (tuple, list)) else (image_size,)
+    if any(isinstance(v, bool) for v in values):
+        return ": a bool is not a size"
+    if any(isinstance(v, float) and v.is_integer() and v > 0 for v in values):
+        fixed = [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
+        return f" (a float): pass {fixed[0] if len(fixed) == 1 else tuple(fixed)!r}"
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 3:
+        return ": pass (height, width), without the channels"
+    if any(isinstance(v, numbers.Real) and v <= 0 for v in values):
+        return ": sizes are at least 1 pixel"
+    return ""
 
 
 def is_int(value):
@@ -185,7 +203,7 @@ def resnet_out_channels(width=RESNET_WIDTH):
 _VARIANTS = {}
 
 
-def register_variant(name, *, overwrite=False, **architecture):
+def register_variant(name: str, *, overwrite: bool = False, **architecture: Any) -> Architecture:
     """Adds a named variant for `create_vit(name)` and catalogue entries, e.g.
     `register_variant("vit_tiny8", patch_size=8, hidden_dim=32, num_layers=2,
     num_heads=4, mlp_dim=64)`. Registering a name again with the same architecture does
@@ -205,12 +223,12 @@ def register_variant(name, *, overwrite=False, **architecture):
     return record
 
 
-def list_variants():
+def list_variants() -> list[str]:
     """Names accepted by `create_vit`, in registration order (smallest first)."""
     return list(_VARIANTS)
 
 
-def get_variant(name):
+def get_variant(name: str) -> Architecture:
     """The Architecture of a registered variant (224x224, 1000-class head)."""
     if name not in _VARIANTS:
         raise ConfigError(f"Unknown ViT variant {name!r}. {suggest(name, _VARIANTS)}"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from vit_hub.errors import ConfigError
-from vit_hub.preprocessing import is_pil, preprocess
+from vit_hub.preprocessing import is_file_object, is_pil, preprocess
 
 if TYPE_CHECKING:
     from vit_hub.model import VisionTransformer
@@ -37,13 +37,15 @@ def intermediate_outputs(model: VisionTransformer, images: Any) -> list[np.ndarr
 
 
 def model_inputs(model, images):
-    """File paths, PIL images, uint8 arrays, or a list of them: preprocessed at the
+    """What `vit_hub.preprocess` reads (file paths, encoded bytes, binary file objects,
+    PIL images, uint8 arrays), or a list of them: preprocessed at the
     model's image size. Anything else is taken as model inputs, float32 in [-1, 1], and
     checked as the model checks them (float arrays are never rescaled: [0, 1] and
     [-1, 1] cannot be told apart)."""
     leaves = images if isinstance(images, (list, tuple)) else [images]
-    if all(isinstance(leaf, (str, os.PathLike)) or is_pil(leaf)
-           or getattr(leaf, "dtype", None) == np.uint8 for leaf in leaves):
+    if all(isinstance(leaf, (str, os.PathLike, bytes, bytearray)) or is_pil(leaf)
+           or is_file_object(leaf) or getattr(leaf, "dtype", None) == np.uint8
+           for leaf in leaves):
         return preprocess(images, image_size=model.image_size)
     return images
 

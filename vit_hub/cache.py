@@ -1,6 +1,8 @@
 """The local cache of converted weights.
 
-Layout: `<root>/v<format>/<name>/{<name>.h5, <name>.json}` plus `<root>/v<format>/<name>.lock`.
+Layout: `<root>/v<format>/<name>/{<name>.h5, <name>.json}`, the writers' lock files in
+`<root>/v<format>/.locks/`. Lock files stay after use, empty, on purpose: deleting one
+while another process waits on it would let two writers in (filelock's documented race).
 The format version is part of the path, so a future format never reads stale files. An
 entry is complete when its metadata JSON exists (written last, atomically) and the sha256
 recorded there matches the weights file. Writers hold the entry's lock; readers need no
@@ -73,15 +75,19 @@ class CacheEntry:
         self.folder = os.path.join(self.root, f"v{FORMAT_VERSION}", name)
         self.weights_path = os.path.join(self.folder, f"{name}.h5")
         self.metadata_path = os.path.join(self.folder, f"{name}.json")
-        self.lock_path = self.folder + ".lock"
+        self.locks_folder = os.path.join(self.root, f"v{FORMAT_VERSION}", ".locks")
+        self.lock_path = os.path.join(self.locks_folder, f"{name}.lock")
 
-    def lock(self, timeout=-1):
-        """An inter-process lock for writing this entry (released by the kernel if its
-        holder dies, so a killed writer never blocks the next one)."""
+    def lock(self, timeout=-1, label=None):
+        """An inter-process lock for writing this entry, or, with a `label`, one of its
+        derived files (its OpenVINO IRs). Released by the kernel if its holder dies, so a
+        killed writer never blocks the next one."""
         import filelock
 
-        os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
-        return filelock.FileLock(self.lock_path, timeout=timeout)
+        os.makedirs(self.locks_folder, exist_ok=True)
+        path = self.lock_path if label is None else os.path.join(
+            self.locks_folder, f"{self.name}.{label}.lock")
+        return filelock.FileLock(path, timeout=timeout)
 
     def folder_problem(self):
         """None when each folder on the way to this entry (the root, `v<format>/`, the
@@ -170,8 +176,34 @@ class CacheEntry:
         in a name, so one entry's prefix is never another's)."""
         return f"{TEMPORARY_PREFIX}{self.name}."
 
+    def tidy(self):
+        """For readers, on a hit: removes what writers killed mid-write left, if any and
+        if no writer is at work now (the lock is taken without waiting; a live writer's
+        files are its own). Does nothing in a cache it cannot write. Returns the names
+        removed."""
+        import filelock
+
+        parent = os.path.dirname(self.folder)
+        left = [n for folder, prefix in ((parent, self.staging_prefix),
+                                         (self.folder, TEMPORARY_PREFIX))
+                for n in _names(folder) if n.startswith(prefix)]
+        if not left:
+            return []
+        try:
+            with self.lock(timeout=0):
+                return self.remove_temporaries()
+        except (filelock.Timeout, OSError):
+            return []
+
     def remove_temporaries(self):
         """Deletes what writers of this entry killed mid-write left: staging folders
         and `.tmp-*` files (under the lock). Returns the names removed."""
         return (remove_temporaries(os.path.dirname(self.folder), self.staging_prefix)
                 + remove_temporaries(self.folder))
+
+
+def _names(folder):
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []

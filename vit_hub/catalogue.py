@@ -5,6 +5,8 @@ Every entry, shipped or registered, passes the same validation and becomes a fro
 `ModelEntry`. Handles and names are checked here once, because paths are built from them.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import importlib.resources
@@ -146,7 +148,7 @@ def _models():
     return {**_shipped(), **_REGISTERED}
 
 
-def register_model(name, entry, *, overwrite=False):
+def register_model(name: str, entry: ModelEntry | dict, *, overwrite: bool = False) -> ModelEntry:
     """Adds a model to the catalogue: `entry` is a dict of manifest fields (as in
     weights_manifest.json) or a ModelEntry, validated like the shipped manifest. Its
     variant must be registered. Registering a name again with the same entry does
@@ -173,7 +175,7 @@ def _published_as(handle):
     return owner, model, variation
 
 
-def list_models():
+def list_models() -> list[str]:
     """Names accepted by `load_pretrained`."""
     return list(_models())
 
@@ -256,7 +258,7 @@ def _find(text, parsed, models):
     return entry
 
 
-def get_entry(name):
+def get_entry(name: str) -> ModelEntry:
     """The ModelEntry of a model, given as any form users have in their code:
       - its name: 'vit_b16_fe';
       - its kagglehub handle, framework in any case, version optional:

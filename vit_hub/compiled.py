@@ -27,6 +27,8 @@ import functools
 import keras
 import numpy as np
 
+from vit_hub import precision
+
 
 def applies(args, kwargs):
     """Whether this call is a plain inference call on concrete images."""
@@ -76,33 +78,61 @@ def _in_stateless_scope():
     return in_stateless_scope()
 
 
+class CompiledCalls:
+    """Mixin for a `keras.Model` (before it in the bases): plain inference calls run
+    compiled, and `compile(jit_compile='auto')` means XLA on TensorFlow at float32.
+
+    `model.compiled_calls = False` gives the op-by-op path (e.g. to step through the
+    layers in a debugger). The class calls `_start_compiled_calls()` once built."""
+
+    compiled_calls = True
+
+    def _start_compiled_calls(self):
+        self._inference = CompiledInference(self, super().__call__)
+        if keras.backend.backend() == "openvino":
+            # Keras' OpenVINO predict/evaluate compile their own model with no precision
+            # hint (bf16 on CPUs that have it) unless a layer does not support jit: then
+            # they call `self(x, training=False)`, i.e. the f32-pinned compiled call.
+            self.supports_jit = False
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled_calls and applies(args, kwargs) and self._inference.usable:
+            return self._inference(args[0])
+        return super().__call__(*args, **kwargs)
+
+    def compile(self, *args, jit_compile="auto", **kwargs):
+        """As `keras.Model.compile`, but `jit_compile='auto'` on TensorFlow at float32
+        means XLA: Keras leaves it off on CPU-only machines, where a ViT's training step
+        is then about twice as slow (docs/benchmarks.md). Not for bf16: oneDNN's graph
+        path computes it at the CPU's bf16 rate, XLA:CPU does not."""
+        if (jit_compile == "auto" and keras.backend.backend() == "tensorflow"
+                and self.dtype_policy.compute_dtype == "float32"):
+            jit_compile = True
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
+
 class CompiledInference:
     """The compiled `images -> call(images, training=False)` of `model`, built on first
     use. A plain object on purpose: a `tf.function` attribute of the model itself would
-    be tracked by TensorFlow and saved into its SavedModel exports."""
+    be tracked by TensorFlow and saved into its SavedModel exports.
+
+    It is traced again when the model's variables change in number: LoRA factors added
+    or merged change the computation, which a traced function would not see. A model
+    that cannot be compiled here (float16 on JAX's CPU: `precision.float16_fails_here`,
+    said in a warning where the policy is asked for) takes the plain path; any other
+    failure is raised, not hidden."""
 
     def __init__(self, model, call):
         self.model, self.call, self.function = model, call, None
-        self.usable = True
-
-    def reset(self):
-        """Traces again at the next call: for a change of the model's structure (LoRA
-        factors added or merged), which a traced function would not see."""
-        self.function, self.usable = None, True
+        self.variable_count = None
+        self.reason = precision.float16_fails_here(model.dtype_policy)
+        self.usable = self.reason is None
 
     def __call__(self, images):
-        if self.function is None:
-            self.function = self._build()
-        try:
-            return self.function(images)
-        except Exception:
-            # Some models compile on one backend and not another (JAX's XLA:CPU has no
-            # float16 matmul with float32 accumulation, which mixed_float16 asks for).
-            # The plain path decides: it raises the same error if the input is wrong,
-            # otherwise its answer is the answer and this model stays on the plain path.
-            outputs = self.call(images, training=False)
-            self.usable = False
-            return outputs
+        count = len(self.model.variables)
+        if self.function is None or count != self.variable_count:
+            self.function, self.variable_count = self._build(), count
+        return self.function(images)
 
     def _build(self):
         if keras.backend.backend() == "tensorflow":

@@ -32,11 +32,12 @@ class KerasLayer(keras.layers.Layer):
     Args:
         handle: the model, in any form `hub.KerasLayer` took (see `vit_hub.get_entry`).
         trainable: fine-tune its weights (default False, as `hub.KerasLayer`).
-        arguments, signature, signature_outputs_as_dict, output_key, output_shape, tags,
-            load_options: `hub.KerasLayer`'s arguments; accepted when they hold what the
-            published models take (`signature='serving_default'` with
-            `output_key='output_0'` or `signature_outputs_as_dict=True`), refused
-            otherwise.
+        signature, signature_outputs_as_dict, output_key: `hub.KerasLayer`'s; accepted
+            when they ask for what the published models give
+            (`signature='serving_default'` with `output_key='output_0'`, or
+            `signature_outputs_as_dict=True`), refused otherwise.
+        arguments, output_shape, tags, load_options: `hub.KerasLayer`'s too; accepted
+            when they hold what the published models take, refused otherwise.
         cache_dir, offline: where the converted weights are (see `load_pretrained`).
         architecture, lora: set by `.keras` loading: build this network with no
             weights (Keras restores them from the file), with LoRA if it had it; users
@@ -93,7 +94,11 @@ class KerasLayer(keras.layers.Layer):
         return self.model.save_lora_weights(path)
 
     def load_lora_weights(self, path):
-        self.model.load_lora_weights(path)
+        self.model.load_lora_weights(path)  # (enabling LoRA makes its factors trainable)
+        if not self.trainable:  # a frozen layer stays frozen, its new adapters too
+            # Through the property itself: TensorFlow's attribute setting would return
+            # early, the value being the same.
+            keras.layers.Layer.trainable.fset(self, False)
 
     def merge_lora(self):
         self.model.merge_lora()

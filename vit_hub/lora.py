@@ -12,14 +12,14 @@ A model's own head (`include_top`) stays trainable: fine-tuning puts a new one t
 hybrids' ResNet stem, the patch embedding and the norms stay frozen.
 """
 
-import json
 import os
 
 import keras
+import numpy as np
 
+from vit_hub import tensor_file
 from vit_hub.architecture import Architecture, is_int, suggest
 from vit_hub.errors import ConfigError, WeightsError
-from vit_hub.files import atomic_path
 
 # Target name -> (the sublayer of a TransformerBlock, its layer): Keras' MultiHeadAttention
 # names its projections 'query', 'key', 'value' and 'attention_output'.
@@ -33,9 +33,39 @@ TARGETS = {
 }
 # As in the LoRA paper and keras-hub's backbones: the attention's query and value.
 DEFAULT_TARGET = ("query", "value")
-FORMAT, FORMAT_VERSION = "vit_hub.lora", 1
+# Format 2 carries a checksum (format 1, without one, is refused: saved by a vit_hub
+# that could not tell a corrupt file).
+FORMAT, FORMAT_VERSION = "vit_hub.lora", 2
+LORA_FILE = tensor_file.Kind("a vit_hub LoRA weights file",
+                             "Save the adapters again with model.save_lora_weights().")
 SUFFIX = ".lora.h5"
 FACTORS = ("lora_kernel_a", "lora_kernel_b")
+
+
+class LoraMethods:
+    """Mixin for a `VisionTransformer`: its LoRA methods (the work is this module's)."""
+
+    def enable_lora(self, rank, target=DEFAULT_TARGET, alpha=None):
+        """Low-rank adaptation: freezes the backbone and adds trainable rank-`rank`
+        factors to the `target` layers of every encoder block (default the attention's
+        query and value; also 'key', 'attention_output', 'mlp_dense_1', 'mlp_dense_2'),
+        scaled by `alpha / rank` (default alpha = rank). The model's own head stays
+        trainable; outputs are unchanged until training. Compile again after it."""
+        enable(self, rank, target, alpha)
+
+    def save_lora_weights(self, path):
+        """Saves the adapters (and the model's own head) alone to `path` (`*.lora.h5`)."""
+        return save(self, path)
+
+    def load_lora_weights(self, path):
+        """Loads adapters saved by `save_lora_weights`, enabling LoRA with their settings
+        if it is not enabled; refused if saved for another architecture, rank or target."""
+        load(self, path)
+
+    def merge_lora(self):
+        """Folds the adapters into the kernels and removes them: the model computes the
+        same with plain layers (nothing extra for export or inference)."""
+        merge(self)
 
 
 def check_rank(rank):
@@ -77,22 +107,42 @@ def enable(model, rank, target=DEFAULT_TARGET, alpha=None):
                           "). Enable it once; to start again with other settings, call "
                           "merge_lora() first or build the model afresh.")
     rank, target = check_rank(rank), check_target(target)
+    layers = adapted_layers(model, target)
+    full = min(min(_kernel_dims(layer)) for layer in layers.values())
+    if rank > full:
+        raise ConfigError(f"LoRA rank {rank} is above the full rank {full} of the adapted "
+                          f"kernels of {model.name!r}: the adapters would hold more than the "
+                          "layers they adapt. Ranks 4 to 16 are usual; at most "
+                          f"{full} here.")
     if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
                               or alpha <= 0):
         raise ConfigError(f"LoRA alpha must be a positive number, got {alpha!r} (the update "
                           "is scaled by alpha / rank; default alpha = rank).")
+    # Frozen variable by variable, every layer's own flag left True: then
+    # `model.trainable = False` (or a frozen KerasLayer around it) reaches every layer and
+    # freezes the adapters too. (A layer flagged False above a trainable one would stop
+    # it on TensorFlow, whose attribute setting returns early when the value is the same.)
     model.trainable = True
-    for layer in model._flatten_layers(include_self=False):
-        layer.trainable = False
-    if model.head is not None:
-        model.head.trainable = True
-    for layer in adapted_layers(model, target).values():
-        layer.trainable = True
-        layer.enable_lora(rank, lora_alpha=alpha)
-        for variable in layer.weights:  # the kernel is frozen by Keras, the bias by us
-            variable.trainable = variable.name in FACTORS
+    for variable in model.weights:
+        variable.trainable = False
+    for layer in layers.values():
+        layer.enable_lora(rank, lora_alpha=alpha)  # (adds trainable A and B)
+    for variable in (model.head.weights if model.head is not None else ()):
+        variable.trainable = True
     model.lora = {"rank": rank, "alpha": alpha if alpha is not None else rank,
                   "target": list(target)}
+
+
+def _same_settings(a, b):
+    # The targets as a set: the same layers adapted in another order are the same.
+    return (a["rank"] == b["rank"] and float(a["alpha"]) == float(b["alpha"])
+            and sorted(a["target"]) == sorted(b["target"]))
+
+
+def _kernel_dims(layer):
+    """(inputs, outputs) of a Dense or EinsumDense kernel: A is (*in, rank), B (rank, out)."""
+    shape = tuple(layer.kernel.shape)
+    return int(np.prod(shape[:-1])), int(shape[-1])
 
 
 def describe(record):
@@ -117,45 +167,28 @@ def _head(model):
 
 
 def save(model, path):
-    """Writes the adapters (and the model's own head, trained with them) to `path`, an
-    HDF5 file ending in `.lora.h5`, atomically, with the architecture and LoRA settings."""
-    import h5py
-
+    """Writes the adapters (and the model's own head, trained with them) to `path`, a
+    vit_hub tensor file ending in `.lora.h5`, atomically, with the architecture and LoRA
+    settings, and the checksum that loading verifies."""
     _require(model, "save_lora_weights")
     path = os.fspath(path)
     if not path.endswith(SUFFIX):
         raise ConfigError(f"LoRA weights files end in {SUFFIX!r} (they hold the adapters "
                           f"only, not a model): got {path!r}.")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["architecture"] = json.dumps(Architecture.of(model).to_dict())
-            f.attrs["lora"] = json.dumps(model.lora)
-            for name, variable in {**_factors(model), **_head(model)}.items():
-                f.create_dataset(name, data=keras.ops.convert_to_numpy(variable))
-    return path
+    tensors = {name: keras.ops.convert_to_numpy(variable)
+               for name, variable in {**_factors(model), **_head(model)}.items()}
+    records = {"architecture": Architecture.of(model).to_dict(), "lora": model.lora}
+    return tensor_file.write(path, FORMAT, FORMAT_VERSION, records, tensors)
 
 
 def read(path):
-    """({name: array}, architecture record, lora record) of a LoRA weights file."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise WeightsError(f"{path} is not a vit_hub LoRA weights file (no "
-                                   f"'{FORMAT}' mark); save one with save_lora_weights().")
-            arrays = {}
-            f.visititems(lambda name, item: arrays.__setitem__(name, item[()])
-                         if isinstance(item, h5py.Dataset) else None)
-            return (arrays, json.loads(f.attrs["architecture"]),
-                    json.loads(f.attrs["lora"]))
-    except (OSError, KeyError, ValueError) as err:
-        if isinstance(err, WeightsError):
-            raise
-        raise WeightsError(f"Cannot read LoRA weights file {path}: {err}. It is truncated "
-                           "or not a LoRA weights file.") from None
+    """({name: array}, architecture record, lora record) of a LoRA weights file, checked
+    against its checksum."""
+    arrays, records = tensor_file.read_verified(os.fspath(path), FORMAT, FORMAT_VERSION,
+                                                LORA_FILE)
+    if "architecture" not in records or "lora" not in records:
+        raise WeightsError(f"{path} has no architecture or LoRA record. {LORA_FILE.fix}")
+    return arrays, records["architecture"], records["lora"]
 
 
 def load(model, path):
@@ -164,15 +197,17 @@ def load(model, path):
     targets (nothing is assigned then)."""
     arrays, architecture, record = read(path)
     mine = Architecture.of(model).to_dict()
-    shape_fields = ("hidden_dim", "num_layers", "num_heads", "mlp_dim")
+    # Every field but the image size (adapters do not depend on it) and the head (its
+    # tensors are checked by shape below): another patch size with the same widths
+    # would load and compute something else.
+    fields = [k for k in mine if k not in ("image_size", "include_top", "num_classes")]
     differ = [f"{k} {architecture.get(k)} (file) vs {mine[k]} (model)"
-              for k in shape_fields if architecture.get(k) != mine[k]]
+              for k in fields if architecture.get(k) != mine[k]]
     if differ:
         raise WeightsError(f"{path} holds LoRA weights for another architecture: "
                            f"{'; '.join(differ)}. Load them into the model they were trained "
                            "on.")
-    if model.lora is not None and (model.lora["rank"] != record["rank"]
-                                   or model.lora["target"] != record["target"]):
+    if model.lora is not None and not _same_settings(model.lora, record):
         raise WeightsError(f"{path} holds LoRA weights of {describe(record)}; the model has "
                            f"{describe(model.lora)}. Load them into a model without LoRA "
                            "(they enable it with their settings), or enable the same.")

@@ -6,15 +6,20 @@ The computation is, layer for layer, the Flax model behind the Kaggle / TF-Hub c
 `spsayakpaul/vision-transformer`: inputs are RGB in [-1, 1].
 """
 
+from __future__ import annotations
+
 import functools
 import inspect
+from collections.abc import Callable
+from typing import Any, Literal
 
 import keras
-import numpy as np
 
-from vit_hub import compiled, lora, precision
+from vit_hub import precision
 from vit_hub.architecture import Architecture, check_flag, check_kwargs, variant_config
-from vit_hub.errors import ConfigError, ImageError
+from vit_hub.compiled import CompiledCalls
+from vit_hub.errors import ConfigError
+from vit_hub.input_checks import ChecksImages, check_images
 from vit_hub.layers import (
     ClassToken,
     PatchEmbedding,
@@ -22,7 +27,7 @@ from vit_hub.layers import (
     TokenPooling,
     TransformerBlock,
 )
-from vit_hub.preprocessing import check_not_files, check_range, check_shape, images_dtype_error
+from vit_hub.lora import LoraMethods
 from vit_hub.resnet_stem import ResNetStem
 
 # What `keras.Model.__init__` gets besides the model's own arguments: what get_config()
@@ -37,70 +42,6 @@ def model_kwargs():
     parameters = inspect.signature(VisionTransformer.__init__).parameters.values()
     own = [p.name for p in parameters if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
     return tuple(own) + KERAS_KWARGS
-
-
-def check_images(images, where, image_size):
-    """Refuses, before anything is computed, images given to a model that it would
-    compute wrongly or fail on deep inside: files or PIL images; integer images (uint8
-    0..255, which Keras' input conversion would cast to float32 as they are); a shape
-    that is not (B, *image_size, 3); and, for images that hold values now (not symbolic
-    or traced), values clearly outside [-1, 1] (pixels 0..255 as floats) or NaN. Costs
-    one min and one max over concrete images."""
-    if isinstance(images, dict):
-        leaves = images.values()
-    elif isinstance(images, (list, tuple)):
-        leaves = images
-    else:
-        leaves = (images,)
-    for leaf in leaves:
-        check_not_files(leaf, image_size, where)
-        dtype = getattr(leaf, "dtype", None)
-        if dtype is None:
-            continue
-        try:
-            dtype = keras.backend.standardize_dtype(dtype)
-            is_float = keras.backend.is_float_dtype(dtype)
-        except (TypeError, ValueError, AttributeError):
-            dtype, is_float = str(dtype), False
-        if not is_float:
-            raise images_dtype_error(where, dtype)
-        shape = _static_shape(leaf)
-        if shape is not None:
-            check_shape(shape, image_size, where)
-        if compiled.is_concrete(leaf) and shape and 0 not in shape:
-            check_range(*_extremes(leaf), where)
-
-
-def _static_shape(images):
-    """The shape as a tuple (None where a dimension is not known), or None if not even
-    the rank is known."""
-    try:
-        return tuple(None if d is None else int(d) for d in images.shape)
-    except (AttributeError, TypeError, ValueError):
-        return None
-
-
-def _extremes(images):
-    """(least, greatest) value of concrete images, as Python floats: by numpy where the
-    images are in host memory (a view: ~0.1 ms for a 224x224 image, where an eager
-    reduction op costs ~2.5 ms on TensorFlow), else by the backend on its device."""
-    if not _on_device(images):
-        images = keras.ops.convert_to_numpy(images)
-        return float(images.min()), float(images.max())
-    low, high = keras.ops.min(images), keras.ops.max(images)
-    return float(keras.ops.convert_to_numpy(low)), float(keras.ops.convert_to_numpy(high))
-
-
-def _on_device(images):
-    """Whether a tensor lives on an accelerator (GPU, TPU), not in host memory."""
-    backend = keras.backend.backend()
-    if isinstance(images, np.ndarray) or backend == "openvino":
-        return False
-    if backend == "tensorflow":
-        return "CPU" not in images.device
-    if backend == "torch":
-        return images.device.type != "cpu"
-    return any(device.platform != "cpu" for device in images.devices())  # JAX
 
 
 def check_policy(dtype):
@@ -140,26 +81,13 @@ def _check_settings(dropout, attention_dropout, layer_norm_epsilon, classifier_a
                               "or a callable.") from None
 
 
-def _checks_data(method):
-    """`method` of keras.Model, first checking its `x` as `check_images` does (arrays and
-    tensors; datasets and generators are seen batch by batch by the model's call)."""
-    @functools.wraps(method)
-    def checked(self, x=None, *args, **kwargs):
-        where = f"Model {self.name!r}"
-        check_images(x, where, self.image_size)
-        validation = kwargs.get("validation_data")  # (fit's (x, y) arrays)
-        if isinstance(validation, (tuple, list)) and validation:
-            check_images(validation[0], f"{where} (validation_data)", self.image_size)
-        if (_static_shape(x) or (1,))[0] == 0:  # (Keras' loops fail on it, unclearly)
-            raise ImageError(f"{where}.{method.__name__} got an empty batch (0 images).")
-        return method(self, x, *args, **kwargs)
-
-    return checked
-
-
 @keras.saving.register_keras_serializable(package="vit_hub")
-class VisionTransformer(keras.Model):
+class VisionTransformer(ChecksImages, CompiledCalls, LoraMethods, keras.Model):
     """A ViT image model.
+
+    The class holds the network; beside it, each in its own module: the input checks in
+    front of every call (`input_checks`), compiled inference calls (`compiled`) and
+    LoRA (`lora`).
 
     Args:
         image_size: int or (height, width), each a multiple of `patch_size`.
@@ -186,22 +114,22 @@ class VisionTransformer(keras.Model):
 
     def __init__(
         self,
-        image_size=224,
-        patch_size=16,
-        hidden_dim=768,
-        num_layers=12,
-        num_heads=12,
-        mlp_dim=3072,
-        include_top=True,
-        num_classes=1000,
-        pooling=None,
-        dropout=0.0,
-        attention_dropout=0.0,
-        classifier_activation=None,
-        layer_norm_epsilon=1e-6,
-        resnet_units=(),
-        **kwargs,
-    ):
+        image_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        hidden_dim: int = 768,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        include_top: bool = True,
+        num_classes: int = 1000,
+        pooling: Literal["token", "gap"] | None = None,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        classifier_activation: str | Callable | None = None,
+        layer_norm_epsilon: float = 1e-6,
+        resnet_units: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> None:
         check_kwargs(type(self).__name__, kwargs, model_kwargs())
         # The record checks the architecture (positive ints, heads dividing the width,
         # a patch grid that tiles the image) before any layer is made.
@@ -295,35 +223,7 @@ class VisionTransformer(keras.Model):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.resnet_units = resnet_units
         self.lora = None  # {'rank', 'alpha', 'target'} once enable_lora() was called
-
-        # Plain inference calls `model(images)` run compiled (vit_hub/compiled.py); set
-        # False for the op-by-op path (e.g. to step through the layers in a debugger).
-        self.compiled_calls = True
-        self._inference = compiled.CompiledInference(self, super().__call__)
-        if keras.backend.backend() == "openvino":
-            # Keras' OpenVINO predict/evaluate compile their own model with no precision
-            # hint (bf16 on CPUs that have it) unless a layer does not support jit: then
-            # they call `self(x, training=False)`, i.e. the f32-pinned compiled call.
-            self.supports_jit = False
-
-    def __call__(self, *args, **kwargs):
-        # Every path in goes through here with the images as given: eager calls, and
-        # predict/fit/evaluate (their steps call the model on the batches, of the dtype
-        # the data had), before Keras's input conversion casts them to float32.
-        check_images(args[0] if args else kwargs.get("inputs"), f"Model {self.name!r}",
-                     self.image_size)
-        if self.compiled_calls and self._inference.usable and compiled.applies(args, kwargs):
-            return self._inference(args[0])
-        return super().__call__(*args, **kwargs)
-
-    # The data given to Keras' loops is checked whole first: inside them the model is
-    # called on symbolic or traced batches (TensorFlow, JAX), whose values are not seen.
-    fit = _checks_data(keras.Model.fit)
-    evaluate = _checks_data(keras.Model.evaluate)
-    predict = _checks_data(keras.Model.predict)
-    train_on_batch = _checks_data(keras.Model.train_on_batch)
-    test_on_batch = _checks_data(keras.Model.test_on_batch)
-    predict_on_batch = _checks_data(keras.Model.predict_on_batch)
+        self._start_compiled_calls()
 
     @property
     def num_patches(self):
@@ -360,43 +260,6 @@ class VisionTransformer(keras.Model):
         """One feature vector per image, (B, hidden_dim): the class token after the final
         norm (what the `-fe` hub models return), or the patch mean if pooling='gap'."""
         return self.feature_pooling(self.encode(images, training))
-
-    def compile(self, *args, jit_compile="auto", **kwargs):
-        """As `keras.Model.compile`, but `jit_compile='auto'` on TensorFlow at float32 means
-        XLA: Keras leaves it off on CPU-only machines, where a ViT's training step is
-        then 1.9x slower (ViT-B/32, batch 16: 6.46 s vs 3.45 s here; see the README). Not
-        for bf16: oneDNN's graph path computes it at the CPU's bf16 rate, XLA:CPU does not.
-        """
-        if (jit_compile == "auto" and keras.backend.backend() == "tensorflow"
-                and self.dtype_policy.compute_dtype == "float32"):
-            jit_compile = True
-        super().compile(*args, jit_compile=jit_compile, **kwargs)
-
-    # === LoRA (vit_hub/lora.py) ===
-    def enable_lora(self, rank, target=lora.DEFAULT_TARGET, alpha=None):
-        """Low-rank adaptation: freezes the backbone and adds trainable rank-`rank`
-        factors to the `target` layers of every encoder block (default the attention's
-        query and value; also 'key', 'attention_output', 'mlp_dense_1', 'mlp_dense_2'),
-        scaled by `alpha / rank` (default alpha = rank). The model's own head stays
-        trainable; outputs are unchanged until training. Compile again after it."""
-        lora.enable(self, rank, target, alpha)
-        self._inference.reset()
-
-    def save_lora_weights(self, path):
-        """Saves the adapters (and the model's own head) alone to `path` (`*.lora.h5`)."""
-        return lora.save(self, path)
-
-    def load_lora_weights(self, path):
-        """Loads adapters saved by `save_lora_weights`, enabling LoRA with their settings
-        if it is not enabled; refused if saved for another architecture, rank or target."""
-        lora.load(self, path)
-        self._inference.reset()
-
-    def merge_lora(self):
-        """Folds the adapters into the kernels and removes them: the model computes the
-        same with plain layers (nothing extra for export or inference)."""
-        lora.merge(self)
-        self._inference.reset()
 
     def get_config(self):
         config = self._architecture_config()
@@ -459,14 +322,14 @@ def _encode(images, embedding, blocks, encoder_norm, training=None, trace=None):
 
 
 def create_vit(
-    name,
-    image_size=224,
-    include_top=True,
-    num_classes=1000,
-    pooling=None,
-    dropout=0.0,
-    **kwargs,
-):
+    name: str,
+    image_size: int | tuple[int, int] = 224,
+    include_top: bool = True,
+    num_classes: int = 1000,
+    pooling: Literal["token", "gap"] | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> VisionTransformer:
     """Builds a ViT variant (`vit_ti16` ... `vit_h16`, see `list_variants()`) with fresh
     weights. Extra kwargs override the variant's architecture or go to the model
     (e.g. `attention_dropout`, `classifier_activation`, `dtype`): an unknown one is an
@@ -483,7 +346,7 @@ def create_vit(
         dropout=dropout,
         **config,
     )
-    precision.warn_if_bf16_is_emulated(model.dtype_policy)  # (the policy checked above)
+    precision.warn_if_unsuited(model.dtype_policy)  # (the policy checked above)
     return model
 
 
@@ -492,63 +355,63 @@ def create_vit(
 # with create_vit(name).
 
 
-def create_vit_ti16(**kwargs):
+def create_vit_ti16(**kwargs: Any) -> VisionTransformer:
     """ViT-Ti/16 (width 192, 12 blocks, 3 heads): `create_vit('vit_ti16', **kwargs)`."""
     return create_vit("vit_ti16", **kwargs)
 
 
-def create_vit_s16(**kwargs):
+def create_vit_s16(**kwargs: Any) -> VisionTransformer:
     """ViT-S/16 (width 384, 12 blocks, 6 heads): `create_vit('vit_s16', **kwargs)`."""
     return create_vit("vit_s16", **kwargs)
 
 
-def create_vit_s32(**kwargs):
+def create_vit_s32(**kwargs: Any) -> VisionTransformer:
     """ViT-S/32 (width 384, 12 blocks, 6 heads): `create_vit('vit_s32', **kwargs)`."""
     return create_vit("vit_s32", **kwargs)
 
 
-def create_vit_b8(**kwargs):
+def create_vit_b8(**kwargs: Any) -> VisionTransformer:
     """ViT-B/8 (width 768, 12 blocks, 12 heads): `create_vit('vit_b8', **kwargs)`."""
     return create_vit("vit_b8", **kwargs)
 
 
-def create_vit_b16(**kwargs):
+def create_vit_b16(**kwargs: Any) -> VisionTransformer:
     """ViT-B/16 (width 768, 12 blocks, 12 heads): `create_vit('vit_b16', **kwargs)`."""
     return create_vit("vit_b16", **kwargs)
 
 
-def create_vit_b32(**kwargs):
+def create_vit_b32(**kwargs: Any) -> VisionTransformer:
     """ViT-B/32 (width 768, 12 blocks, 12 heads): `create_vit('vit_b32', **kwargs)`."""
     return create_vit("vit_b32", **kwargs)
 
 
-def create_vit_l16(**kwargs):
+def create_vit_l16(**kwargs: Any) -> VisionTransformer:
     """ViT-L/16 (width 1024, 24 blocks, 16 heads): `create_vit('vit_l16', **kwargs)`."""
     return create_vit("vit_l16", **kwargs)
 
 
-def create_vit_l32(**kwargs):
+def create_vit_l32(**kwargs: Any) -> VisionTransformer:
     """ViT-L/32 (width 1024, 24 blocks, 16 heads): `create_vit('vit_l32', **kwargs)`."""
     return create_vit("vit_l32", **kwargs)
 
 
-def create_vit_h14(**kwargs):
+def create_vit_h14(**kwargs: Any) -> VisionTransformer:
     """ViT-H/14 (width 1280, 32 blocks, 16 heads): `create_vit('vit_h14', **kwargs)`."""
     return create_vit("vit_h14", **kwargs)
 
 
-def create_vit_h16(**kwargs):
+def create_vit_h16(**kwargs: Any) -> VisionTransformer:
     """ViT-H/16 (width 1280, 32 blocks, 16 heads): `create_vit('vit_h16', **kwargs)`."""
     return create_vit("vit_h16", **kwargs)
 
 
-def create_vit_r26_s32(**kwargs):
+def create_vit_r26_s32(**kwargs: Any) -> VisionTransformer:
     """R26+S/32, a ResNet-26 stem before ViT-S (width 384, 12 blocks, 6 heads):
     `create_vit('vit_r26_s32', **kwargs)`."""
     return create_vit("vit_r26_s32", **kwargs)
 
 
-def create_vit_r50_l32(**kwargs):
+def create_vit_r50_l32(**kwargs: Any) -> VisionTransformer:
     """R50+L/32, a ResNet-50 stem before ViT-L (width 1024, 24 blocks, 16 heads):
     `create_vit('vit_r50_l32', **kwargs)`."""
     return create_vit("vit_r50_l32", **kwargs)

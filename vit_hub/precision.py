@@ -47,29 +47,61 @@ def bf16_speedup():
     return _rate("bfloat16") / _rate("float32")
 
 
-def warn_if_bf16_is_emulated(policy):
-    """Where a user asks for a dtype policy (`create_vit`, `load_pretrained`): if it
-    computes in bf16, a PerformanceWarning with the measured speed-up, once a process,
-    when bf16 matmuls are not clearly faster than float32 ones here. Not in the model's
-    constructor: a model rebuilt from its config (`.keras` files, clones) measures nothing."""
+def float16_fails_here(policy):
+    """Why `policy` cannot compute here (a sentence), or None. JAX's XLA:CPU has no float16
+    matmul with float32 accumulation, which Keras' float16 policies ask for: it refuses
+    ("precision 'F16_F16_F32' is not supported by dot_general on CPU") in Keras' own
+    predict, fit and evaluate, and in any jitted call."""
     import keras
 
-    if policy is None or keras.dtype_policies.get(policy).compute_dtype != "bfloat16":
+    policy = keras.dtype_policies.get(policy)
+    if policy.compute_dtype != "float16" or keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return None
+    return (f"{policy.name!r} cannot be compiled on JAX's CPU (XLA:CPU has no float16 "
+            "matmul with float32 accumulation): model(x) runs op by op, and Keras' "
+            "predict/fit/evaluate fail. Use 'mixed_bfloat16' or 'float32' on a CPU, or "
+            "float16 on a GPU or another backend.")
+
+
+def warn_if_unsuited(policy):
+    """Where a user asks for a dtype policy (`create_vit`, `load_pretrained`): a warning,
+    once a process, if it computes slower than float32 here (bf16 that the machine only
+    emulates: a PerformanceWarning with the measured speed-up) or cannot be compiled here
+    (float16 on JAX's CPU). Not in the model's constructor: a model rebuilt from its
+    config (`.keras` files, clones) measures nothing."""
+    import keras
+
+    if policy is None:
         return
-    if keras.backend.backend() != "openvino":  # (there: the runtime's own precision)
-        _warn_if_emulated()
+    policy = keras.dtype_policies.get(policy)
+    if policy.compute_dtype == "float16":
+        reason = float16_fails_here(policy)
+        if reason:
+            _warn_once(reason, UserWarning, stacklevel=4)
+    elif policy.compute_dtype == "bfloat16" and keras.backend.backend() != "openvino":
+        _warn_if_emulated()  # (on OpenVINO: the runtime's own precision)
 
 
-@functools.cache  # what makes it once a process
+@functools.cache  # what makes each once a process
+def _warn_once(message, category, stacklevel):
+    # `stacklevel` counts to the caller of create_vit / empty_model.
+    warnings.warn(message, category, stacklevel=stacklevel)
+
+
+@functools.cache
 def _warn_if_emulated():
     import keras
 
     speedup = bf16_speedup()
     if speedup >= MIN_SPEEDUP:
         return
-    warnings.warn(
+    _warn_once(
         f"bf16 is emulated here: a bf16 matmul ran at {speedup:.2f}x the float32 rate on "
         f"{keras.backend.backend()} (measured now; native bf16 gives about 2x). A "
         "mixed_bfloat16 model computes less precisely for no speed on this machine: use "
         "float32, or bf16 on hardware with AVX512_BF16/AMX or a GPU.",
-        PerformanceWarning, stacklevel=4)  # the caller of create_vit / empty_model
+        PerformanceWarning, stacklevel=5)

@@ -3,15 +3,20 @@
 The published models take RGB float32 in [-1, 1], `(pixel - 127.5) / 127.5`, at 224x224.
 """
 
+import collections.abc
 import functools
 import importlib.resources
+import inspect
 import io
+import numbers
 import os
+import re
+import warnings
 
 import numpy as np
 
 from vit_hub.architecture import image_hw
-from vit_hub.errors import ImageError, ImageTypeError, MissingFileError
+from vit_hub.errors import ConfigError, ImageError, ImageTypeError, MissingFileError
 from vit_hub.resize import resize
 
 
@@ -19,32 +24,83 @@ def preprocess(images, image_size=224, crop_fraction=None):
     """Images -> float32 (B, height, width, 3) in [-1, 1], as the checkpoints expect.
 
     Args:
-        images: a file path (JPEG, PNG, GIF, BMP, TIFF, WebP; read with Pillow, every
-            pixel format by its own range, see `pil_pixels`) or a list of them; a PIL
-            image or a list; an array (H, W, 3) or (B, H, W, 3) of uint8 (0..255) or
-            floats in [0, 1]; or a list of such arrays of any sizes.
-        image_size: int or (height, width) of the output.
-        crop_fraction: if given, keep this central fraction of each image before
-            resizing (e.g. 0.875, the classic ImageNet evaluation crop).
+        images: an image, or a list, tuple or iterator (a generator) of them, each one of:
+            a file path (JPEG, PNG, GIF, BMP, TIFF, WebP; read with Pillow, every pixel
+            format by its own range, see `pil_pixels`); the encoded bytes of such a file
+            (`bytes`, `bytearray`, `memoryview`), or a binary file object to read them
+            from (`open(path, "rb")`, `io.BytesIO`, an HTTP upload), decoded as files are;
+            a PIL image; an array (H, W, 3) or (B, H, W, 3) of uint8 (0..255) or floats
+            in [0, 1], of any size. URLs are refused (vit_hub downloads no images: fetch
+            the bytes first and pass them), as are folders (pass their files), and images
+            over Pillow's decompression-bomb limit (2 x `PIL.Image.MAX_IMAGE_PIXELS`
+            pixels; `PIL.Image.MAX_IMAGE_PIXELS` is read at each call, so raising it lets
+            a trusted image through). Bytes that are not an image, or are cut short, raise
+            an `ImageError`.
+        image_size: int or (height, width) of the output (positive ints, see
+            `vit_hub.architecture.image_hw`).
+        crop_fraction: None (or 1) to keep the whole image, or a number in (0, 1]: keep
+            this central fraction of each image's height and of its width (the box of
+            `tf.image.central_crop`), then resize it to `image_size`. 0.875 is the classic
+            ImageNet evaluation crop, as timm's `crop_pct=0.875` is for a square image
+            (timm keeps the aspect ratio: it resizes the shorter side to
+            `image_size / crop_pct` and crops the centre; here each axis is cropped by
+            the fraction and the crop resized to `image_size`). Values above 1 are
+            refused: the crop would be larger than the image, and timm pads it with
+            black; pad the images yourself (`np.pad`) if you want a border. 0, negative
+            values, NaN, bools and anything that is not a number are refused too.
     """
     size = image_hw(image_size)
-    batch = [_resize(image, size, crop_fraction) for image in _as_images(images)]
+    fraction = check_crop_fraction(crop_fraction)
+    batch = [_resize(image, size, fraction) for image in _as_images(images)]
     if not batch:
         raise ImageError("preprocess got no images.")
     return (np.stack(batch) * 2.0 - 1.0).astype(np.float32)
+
+
+def check_crop_fraction(crop_fraction):
+    """`crop_fraction` as a float in (0, 1], or None for no crop (None or 1); ConfigError
+    for anything else, naming what it must be and what to do instead."""
+    if crop_fraction is None:
+        return None
+    fix = ("crop_fraction must be None or a number in (0, 1], the central fraction of each "
+           "image kept (None or 1 keeps all of it; 0.875 is the classic ImageNet evaluation "
+           f"crop), got {crop_fraction!r}")
+    if isinstance(crop_fraction, bool) or not isinstance(crop_fraction, numbers.Real):
+        raise ConfigError(f"{fix}: a {type(crop_fraction).__name__}, not a number.")
+    value = float(crop_fraction)
+    if value != value:
+        raise ConfigError(f"{fix}.")
+    if value > 1:
+        raise ConfigError(f"{fix}: above 1 the crop would be larger than the image, and "
+                          "vit_hub does not pad; to keep the whole image inside a border, "
+                          "pad it first (np.pad) and pass crop_fraction=None.")
+    if value <= 0:
+        raise ConfigError(f"{fix}: it would keep nothing of the image; crop_fraction=None "
+                          "keeps all of it.")
+    return None if value == 1 else value
 
 
 def _as_images(images):
     """Yields each image as a float32 (H, W, 3) array in [0, 1]."""
     if isinstance(images, (str, os.PathLike)):
         yield _read(images)
+    elif isinstance(images, (bytes, bytearray, memoryview)):
+        data = bytes(images)
+        yield decode_image(data, f"image bytes ({len(data)} bytes)")
     elif is_pil(images):
         yield pil_pixels(images, "PIL image")
-    elif isinstance(images, (list, tuple)):
-        for image in images:
+    elif is_file_object(images):
+        yield _read_file_object(images)
+    elif isinstance(images, (list, tuple, collections.abc.Iterator)):
+        for image in images:  # (a generator as a list: each image it yields)
             yield from _as_images(image)
     else:
         array = np.asarray(images)
+        if array.dtype == object or array.ndim == 0:
+            raise ImageTypeError(
+                f"preprocess got {type(images).__name__} {images!r:.60}: it takes file paths, "
+                "encoded image bytes or binary file objects, PIL images, arrays (H, W, 3) or "
+                "(B, H, W, 3), or a list or iterator of them.")
         if array.ndim == 4:
             yield from (_check_array(a, "image batch") for a in array)
         else:
@@ -55,29 +111,123 @@ def is_pil(obj):
     return hasattr(obj, "convert") and hasattr(obj, "getbands")
 
 
+def is_file_object(obj):
+    """Whether `obj` is a file object to read an image's bytes from (has `read`)."""
+    return callable(getattr(obj, "read", None)) and not isinstance(obj, (str, os.PathLike))
+
+
+def _read_file_object(file):
+    """The image in a binary file object (read from where it stands), as `decode_image`."""
+    name = getattr(file, "name", None)
+    name = f"file object {name!r}" if isinstance(name, (str, bytes)) else (
+        f"{type(file).__name__} file object")
+    try:
+        data = file.read()
+    except OSError as err:
+        raise ImageError(f"{name} cannot be read ({err}).") from None
+    if inspect.isawaitable(data):  # e.g. an async framework's upload: its read is a coroutine
+        getattr(data, "close", lambda: None)()
+        raise ImageTypeError(f"{name} has an async read(): await it and pass the bytes, "
+                             "preprocess(await upload.read()).")
+    if isinstance(data, str):
+        raise ImageTypeError(f"{name} is open in text mode: open image files in binary mode, "
+                             "open(path, 'rb'), or pass the path.")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageTypeError(f"{name}.read() gave {type(data).__name__}, not bytes.")
+    if not data:
+        raise ImageError(f"{name} gave no bytes: it is empty, or already read to its end "
+                         "(file.seek(0) first).")
+    return decode_image(bytes(data), name)
+
+
+# scheme://..., the start of a URL (http, https, ftp, s3, gs, file, ...).
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]+://")
+
+
 def _read(path):
-    """An image file as float32 (H, W, 3) in [0, 1] (see `decode_image`)."""
-    if not os.path.isfile(path):
-        raise MissingFileError(f"No image file at {path}.")
-    with open(path, "rb") as file:
-        return decode_image(file.read(), path)
+    """An image file as float32 (H, W, 3) in [0, 1] (see `decode_image`). A URL, a
+    folder or a missing file is an error naming what to pass instead."""
+    if os.path.isfile(path):
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except OSError as err:
+            raise ImageError(f"{path} cannot be read ({err.strerror or err}).") from None
+        return decode_image(data, path)
+    text = os.fsdecode(path)
+    shown = text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"
+    if _URL.match(text) or text.startswith("data:"):
+        raise ImageError(
+            f"{shown} is a URL: vit_hub does not download images. Fetch the image first and "
+            "pass its bytes, e.g. vit_hub.preprocess(urllib.request.urlopen(url).read()) or "
+            "vit_hub.preprocess(requests.get(url).content)"
+            + ("; for a file: URL, pass the path itself." if text.startswith("file:")
+               else "; for a data: URL, base64.b64decode(url.split(',', 1)[1])."
+               if text.startswith("data:") else "."))
+    if os.path.isdir(path):
+        raise ImageError(
+            f"{shown} is a folder, not an image file: pass its image files, e.g. "
+            f"sorted(glob.glob(os.path.join({text!r}, '*.jpg'))), or embed a whole folder "
+            "with the vit-embed command (vit-embed MODEL FOLDER -o OUT).")
+    if os.path.exists(path):
+        raise ImageError(f"{shown} is not a regular file (a device, socket or pipe): pass "
+                         "an image file, or its bytes.")
+    where = "" if os.path.isabs(text) else f" (relative to the working folder {os.getcwd()})"
+    raise MissingFileError(f"No image file at {shown}{where}: check the path.")
 
 
 def decode_image(data, name):
     """The bytes of an image file as float32 (H, W, 3) in [0, 1]: the first frame of an
     animation, turned upright as its EXIF orientation says (as a photo viewer shows it),
     each pixel format read by its own range (see `pil_pixels`). ImageError, naming
-    `name`, for bytes Pillow cannot decode or a pixel format with no defined range."""
+    `name`, for bytes Pillow cannot decode (not an image, cut short, corrupt), an image
+    over Pillow's decompression-bomb limit, or a pixel format with no defined range.
+    Images between `PIL.Image.MAX_IMAGE_PIXELS` and twice that are decoded without
+    Pillow's DecompressionBombWarning."""
     from PIL import Image, ImageOps
 
+    if not data:
+        raise ImageError(f"{name} is empty: not an image.")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        with warnings.catch_warnings():  # (this call's; PIL.Image.MAX_IMAGE_PIXELS unchanged)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as err:
+        raise _too_large(name, err) from None
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as err:  # Pillow's decoders raise OSError mostly, but not only
         raise ImageError(f"{name} is not a readable JPEG, PNG, GIF, BMP, TIFF or WebP image "
-                         f"({err}).") from None
+                         f"({str(err) or type(err).__name__}){_not_image_hint(data)}.") from None
     return pil_pixels(upright, name, source=image)
+
+
+def _too_large(name, err):
+    """The ImageError for an image over Pillow's decompression-bomb limit."""
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    pixels = int(found.group(1)) if found else None
+    return ImageError(
+        f"{name} is too large to decode: "
+        f"{f'{pixels:_} pixels, ' if pixels else ''}over the limit of "
+        f"{2 * Image.MAX_IMAGE_PIXELS:_} pixels (twice PIL.Image.MAX_IMAGE_PIXELS), which "
+        "guards against decompression bombs. If the image is trusted, raise the limit "
+        f"before calling preprocess: PIL.Image.MAX_IMAGE_PIXELS = {pixels or 'None'}"
+        f"{'' if pixels else ' (no limit)'}; or shrink the image first.")
+
+
+def _not_image_hint(data):
+    """A hint for bytes that look like text (an HTML error page, JSON) or a file path."""
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<", b"{", b"[")):
+        return ("; the bytes look like text (HTML or JSON), e.g. an error page: check that "
+                "the download or upload gave the image itself")
+    if len(data) < 4096 and not set(data) & {0, 10, 13} and os.path.isfile(data):
+        return "; the bytes are the path of a file: pass the path as a str to read it"
+    return ""
 
 
 # PIL modes of 8-bit (or 1-bit) pixels that PIL converts to RGB as they mean (palette
@@ -96,6 +246,8 @@ def pil_pixels(image, name, source=None):
     `source`: the image as opened from its file (its format and TIFF tags), when `image`
     is an upright copy of it."""
     mode = image.mode
+    if not (image.width and image.height):
+        raise ImageError(f"{name} has no pixels (size {image.width}x{image.height}).")
     if mode in EIGHT_BIT_MODES:
         if mode == "La":  # PIL converts La only to LA, which undoes the premultiplying
             image = image.convert("LA")
@@ -139,6 +291,8 @@ def _check_array(array, what):
                 if array.shape[-1] == 1 else "drop the extra channels, e.g. image[..., :3]"
                 if array.shape[-1] == 4 else "images must be RGB, channels last")
         raise ImageError(f"{what} has {array.shape[-1]} channels, expected 3 (RGB): {hint}.")
+    if not array.size:
+        raise ImageError(f"{what} has shape {array.shape}: it has no pixels.")
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if not np.issubdtype(array.dtype, np.floating):
@@ -185,8 +339,10 @@ def images_dtype_error(where, dtype):
 
 
 def check_not_files(images, image_size, where):
-    """ImageTypeError for file paths or PIL images given where model inputs belong."""
-    if isinstance(images, (str, bytes, os.PathLike)) or is_pil(images):
+    """ImageTypeError for file paths, encoded image bytes, file objects or PIL images given
+    where model inputs belong."""
+    if (isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike)) or is_pil(images)
+            or is_file_object(images)):
         raise ImageTypeError(
             f"{where} got {type(images).__name__} {images!r:.60}: it takes a float32 batch "
             f"(B, {image_size[0]}, {image_size[1]}, 3) in [-1, 1]; read and scale image "
@@ -244,7 +400,9 @@ def check_model_images(images, image_size, where):
 
 
 def _resize(image, size, crop_fraction):
-    if crop_fraction:  # the central box of tf.image.central_crop
+    """`image` cropped to its central `crop_fraction` (a float in (0, 1), or None for no
+    crop; see `check_crop_fraction`) and resized to `size`."""
+    if crop_fraction is not None:  # the central box of tf.image.central_crop
         rows, cols = image.shape[:2]
         top, left = int((rows - rows * crop_fraction) / 2), int((cols - cols * crop_fraction) / 2)
         image = image[top:rows - top, left:cols - left]

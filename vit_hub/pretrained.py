@@ -6,10 +6,13 @@ tensorflow_hub nor kagglehub is imported. A miss downloads through kagglehub, co
 checks parity against the hub model and caches, under a file lock (see vit_hub.conversion).
 """
 
+from __future__ import annotations
+
 import concurrent.futures
 import inspect
 import os
 import warnings
+from typing import TYPE_CHECKING, Any, Literal
 
 from vit_hub.architecture import check_flag, check_kwargs, image_hw
 from vit_hub.cache import CacheEntry, is_offline
@@ -19,10 +22,19 @@ from vit_hub.files import checksum_problem
 from vit_hub.runtime.options import check_runtime
 from vit_hub.weights import build_model, empty_model, fill, open_weights_file
 
+if TYPE_CHECKING:
+    from vit_hub.model import VisionTransformer
+    from vit_hub.runtime.openvino_model import OpenVINOModel
 
-def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights=None,
-                    runtime="keras", precision=None, calibration=None, min_cosine=None,
-                    threads=None, **model_kwargs):
+
+def load_pretrained(name: str, *, cache_dir: str | os.PathLike | None = None,
+                    offline: bool | None = None, verify: bool = False,
+                    weights: str | os.PathLike | None = None,
+                    runtime: Literal["keras", "openvino"] = "keras",
+                    precision: Literal["fp32", "bf16", "int8"] | None = None,
+                    calibration: Any = None, min_cosine: float | None = None,
+                    threads: int | None = None,
+                    **model_kwargs: Any) -> VisionTransformer | OpenVINOModel:
     """Returns the native Keras model of a published ViT (see `vit_hub.list_models()`).
 
     Called with no extra kwargs, the model computes what the hub model computes: `_fe`
@@ -79,6 +91,8 @@ def load_pretrained(name, *, cache_dir=None, offline=None, verify=False, weights
             hashing = pool.submit(cache.problem)
             model = empty_model(published, **model_kwargs)
             intact = hashing.result() is None
+        if intact:
+            cache.tidy()  # a killed writer's staged copy, which no one else would remove
         # A miss or a corrupt entry: the full path (convert, or say why not).
         path = cache.weights_path if intact else cached_weights(name, cache_dir, offline)
     with open_weights_file(path) as (tensors, architecture):  # each tensor read once
@@ -130,7 +144,7 @@ def _load_openvino(name, precision, calibration, min_cosine, threads, cache_dir,
     return fast
 
 
-def load_weights(path, **model_kwargs):
+def load_weights(path: str | os.PathLike, **model_kwargs: Any) -> VisionTransformer:
     """A model from any vit_hub weights file, built with the architecture recorded in it:
     a file written by `convert-weights --output`, or by
     `vit_hub.weights.save_weights_file` for a custom config. As with `load_pretrained`, a

@@ -12,7 +12,8 @@ dense matrix per axis: two matrix products, in float32, with the weights in floa
 
 import numpy as np
 
-from vit_hub.errors import ConfigError
+from vit_hub.architecture import image_hw
+from vit_hub.errors import ConfigError, ImageError
 
 
 def _triangle(x):
@@ -29,11 +30,16 @@ KERNELS = {"bilinear": _triangle, "bicubic": _keys_cubic}
 
 
 def resize(image, size, method="bilinear", antialias=True):
-    """(H, W, C) array -> float32 (height, width, C)."""
+    """(H, W, C) array -> float32 (height, width, C). `size`: an int or (height, width),
+    positive (`image_hw`); ImageError for an image that is not (H, W, C) with pixels."""
     if method not in KERNELS:
         raise ConfigError(f"method must be one of {sorted(KERNELS)}, got {method!r}.")
+    rows, cols = image_hw(size)
     image = np.asarray(image, np.float32)
-    (old_rows, old_cols, channels), (rows, cols) = image.shape, size
+    if image.ndim != 3 or not image.size:
+        raise ImageError(f"resize takes an (height, width, channels) array with pixels, got "
+                         f"shape {image.shape}.")
+    old_rows, old_cols, channels = image.shape
     by_rows = resize_matrix(old_rows, rows, method, antialias) @ image.reshape(old_rows, -1)
     return resize_matrix(old_cols, cols, method, antialias) @ by_rows.reshape(
         rows, old_cols, channels)

@@ -1,27 +1,21 @@
 """Native weights: filling a `VisionTransformer` all or nothing, and the converted-weights
-file.
-
-The file is HDF5 (h5py) with one dataset per variable at its canonical path relative to
-the model (`block_0/attention/query/kernel`), plus the architecture as a JSON attribute.
-Unlike Keras' own `.weights.h5`, whose layout follows the object graph of one Keras
-version, it is readable without Keras and lets a loader take a subset of the tensors (a
-new head) or reshape one (position embeddings at another image size).
+file (vit_hub's one tensor file format, `tensor_file`, with the architecture as record).
 """
 
 import contextlib
-import json
-import os
 import warnings
 
 import numpy as np
 
+from vit_hub import tensor_file
 from vit_hub.architecture import Architecture
 from vit_hub.errors import ConfigError, WeightsError
-from vit_hub.files import atomic_path
 from vit_hub.resize import resize
 
 FORMAT = "vit_hub.weights"
 FORMAT_VERSION = 1
+WEIGHTS_FILE = tensor_file.Kind("a vit_hub weights file",
+                                "Convert it again with this version (convert-weights).")
 
 
 def flatten(tree, prefix=""):
@@ -99,19 +93,10 @@ def save_weights_file(model, path):
 
 
 def write_weights_file(path, tensors, architecture):
-    """Writes `{canonical path: array-like}` and the Architecture to `path` atomically.
-    Tensors are materialised one at a time (`np.asarray`), so a lazy source streams
-    through with one tensor in memory."""
-    import h5py
-
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["architecture"] = json.dumps(architecture.to_dict())
-            for name, tensor in tensors.items():
-                f.create_dataset(name, data=np.asarray(tensor, np.float32))
-    return os.fspath(path)
+    """Writes `{canonical path: array-like}` and the Architecture to `path` atomically,
+    one tensor in memory at a time."""
+    return tensor_file.write(path, FORMAT, FORMAT_VERSION,
+                             {"architecture": architecture.to_dict()}, tensors)
 
 
 @contextlib.contextmanager
@@ -119,32 +104,15 @@ def open_weights_file(path):
     """Opens a converted-weights file: yields ({canonical path: h5py dataset}, Architecture).
     The datasets are read when used (`np.asarray`), one at a time: loading a model reads
     each tensor once, straight into its variable, with no second copy of the weights."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise WeightsError(f"{path} is not a vit_hub weights file (no '{FORMAT}' mark).")
-            version = int(f.attrs["format_version"])
-            if version != FORMAT_VERSION:
-                raise WeightsError(
-                    f"{path} has weights format {version}; this vit_hub reads format "
-                    f"{FORMAT_VERSION}. Convert it again with this version (convert-weights)."
-                )
-            datasets = {}
-            f.visititems(lambda name, item: datasets.__setitem__(name, item)
-                         if isinstance(item, h5py.Dataset) else None)
-            record = f.attrs["architecture"]
-            try:
-                architecture = Architecture.from_dict(json.loads(record))
-            except (ValueError, TypeError) as err:  # ConfigError, JSON errors: ValueErrors
-                raise WeightsError(f"{path} has no readable architecture record ({err}): it is "
-                                   "not a vit_hub weights file of this version. Convert it "
-                                   "again.") from None
-            yield datasets, architecture
-    except (OSError, KeyError) as err:
-        raise WeightsError(f"Cannot read weights file {path}: {err}. It is truncated or "
-                           "corrupt: convert it again.") from None
+    with tensor_file.open_file(path, FORMAT, FORMAT_VERSION, WEIGHTS_FILE) as (datasets,
+                                                                              records):
+        try:
+            architecture = Architecture.from_dict(records["architecture"])
+        except (KeyError, ValueError, TypeError) as err:  # ConfigError: a ValueError
+            raise WeightsError(f"{path} has no readable architecture record ({err}): it is "
+                               "not a vit_hub weights file of this version. Convert it "
+                               "again.") from None
+        yield datasets, architecture
 
 
 def resample_position_embeddings(embeddings, old_grid, new_grid):
@@ -174,7 +142,7 @@ def empty_model(architecture, **model_kwargs):
     allocated but not initialised: `fill` gives them their values (a new head: zeros)."""
     from vit_hub.layers import weights_to_be_loaded
     from vit_hub.model import VisionTransformer  # (imports the layers, registering all)
-    from vit_hub.precision import warn_if_bf16_is_emulated
+    from vit_hub.precision import warn_if_unsuited
 
     config = architecture.to_dict()
     if not architecture.include_top:
@@ -182,7 +150,7 @@ def empty_model(architecture, **model_kwargs):
     config.update(model_kwargs)
     with weights_to_be_loaded():  # every weight is assigned by fill, or a fresh head's zeros
         model = VisionTransformer(**config)
-    warn_if_bf16_is_emulated(model.dtype_policy)  # (checked by the constructor)
+    warn_if_unsuited(model.dtype_policy)  # (checked by the constructor)
     return model
 
 

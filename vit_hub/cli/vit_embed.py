@@ -6,13 +6,17 @@ a Parquet dataset, on Ray Data: on this machine, or on a cluster with --address.
     vit-embed vit_b32_fe list.txt --output out/ --address auto     # a running Ray cluster
     vit-embed vit_b32_fe photos/ --output out/ --runtime openvino --precision int8
 
-A rerun with the same --output resumes. Exit status: 0 done (unreadable images are
-listed in OUT/_errors.csv), 1 the job failed, 2 usage error.
+A rerun with the same --output resumes. Ctrl-C (SIGINT) stops the job, keeping the
+finished shards. Exit status: 0 done (unreadable images are listed in OUT/_errors.csv),
+1 the job failed, 2 usage error (or refused before any work), 130 interrupted.
 """
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from vit_hub.cli import add_runtime_arguments, check_runtime_arguments
 
@@ -58,6 +62,18 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _interruptible():
+        try:
+            return run(args)
+        except KeyboardInterrupt as err:  # the job's workers are stopped by now
+            from vit_hub.embed import EmbedStopped
+
+            stopped = err if isinstance(err, EmbedStopped) else EmbedStopped.at(args.output)
+            print(f"vit-embed: {stopped}", file=sys.stderr)
+            return 130
+
+
+def run(args):
     from vit_hub.embed import embed_images
     from vit_hub.errors import EmbedError, VitHubError
 
@@ -80,6 +96,34 @@ def main(argv=None):
     if summary.errors:
         print(f"Unreadable images and why: {os.path.join(summary.output, '_errors.csv')}")
     return 0
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT raises KeyboardInterrupt for the command's run, also where vit-embed was
+    started with SIGINT ignored (a background job of a script, some launchers): Ctrl-C and
+    `kill -INT` stop it. The Ray this command started is shut down before it returns, with
+    SIGINT ignored (a second Ctrl-C would break Ray's shutdown mid-way); the handler the
+    caller had is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ray_was_up = _ray_is_up()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if not ray_was_up and _ray_is_up():
+                sys.modules["ray"].shutdown()
+        finally:  # (None: one not set from Python: the default then)
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+def _ray_is_up():
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 if __name__ == "__main__":

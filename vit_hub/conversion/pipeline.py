@@ -88,6 +88,7 @@ def convert_into_cache(name, *, cache_dir=None, source=None, reference=None, ver
     step = progress or (lambda _: None)
     if not force and cache.state() == "ok":
         metadata = cache.metadata()
+        cache.tidy()
     else:
         check_writable(cache)  # before minutes of download and conversion
         conversion = None

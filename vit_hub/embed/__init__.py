@@ -3,23 +3,30 @@
 The driver lists the images, skips those a previous run finished, cuts the rest into
 shards and hands them to a pool of Ray actors (`worker.ShardEmbedder`), each of which
 loads the model once from the cache and writes each shard's Parquet file whole
-(`output.EmbedOutput`). Ray retries a shard whose worker died; a shard's file is replaced
-whole, so every image is in the output exactly once. The same code runs on this machine
-(`ray.init()`) and on a cluster (`address=`).
+(`output.EmbedOutput`). Ray retries a shard whose worker died (up to `retries` times, a
+bound kept by the workers: `ShardRunsExhausted`); a shard's file is replaced whole,
+so every image is in the output exactly once. The same code runs on this machine
+(`ray.init()`) and on a cluster (`address=`, checked to answer before anything starts).
+An interrupted job (Ctrl-C) stops its workers and keeps the finished shards
+(`EmbedStopped`); a rerun resumes.
 """
 
 import dataclasses
 import logging
 import os
+import shlex
+import socket
 import sys
 import time
 
-from vit_hub.embed.output import EmbedOutput
+from vit_hub.embed.output import RUNS_PREFIX, EmbedOutput
 from vit_hub.embed.sources import list_images
-from vit_hub.errors import ConfigError, EmbedError, MissingDependencyError
+from vit_hub.errors import CacheError, ConfigError, EmbedError, MissingDependencyError
+from vit_hub.files import temporary_folder
 from vit_hub.runtime.options import check_runtime
 
 MAX_SHARD = 1024  # images per shard: the unit of progress, retry and resume
+CONNECT_TIMEOUT = 3.0  # seconds for a cluster's address to answer before ray.init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +41,29 @@ class EmbedSummary:
     @property
     def images_per_second(self):
         return (self.images + self.errors) / self.seconds if self.seconds else 0.0
+
+
+class ShardRunsExhausted(Exception):
+    """A shard whose worker died on each of its runs, `retries` + 1 of them: the worker
+    refuses one more (its counts say so) and the driver stops the job."""
+
+
+class EmbedStopped(KeyboardInterrupt):
+    """An `embed_images` job interrupted (Ctrl-C, SIGINT): its workers are stopped, the
+    shards finished by then are kept in `folder` (`kept` of them, with earlier runs'),
+    and a rerun resumes. A KeyboardInterrupt, so `except KeyboardInterrupt` catches it."""
+
+    def __init__(self, folder, kept):
+        shards = "shard" if kept == 1 else "shards"
+        super().__init__(f"stopped (interrupted): {kept} finished {shards} kept in {folder}; "
+                         "run the same command again to resume.")
+        self.folder, self.kept = folder, kept
+
+    @classmethod
+    def at(cls, folder):
+        """The stop of a job writing `folder`, from what is in it."""
+        folder = os.path.abspath(os.fspath(folder))
+        return cls(folder, len(EmbedOutput(folder, None).parts()))
 
 
 def embed_images(model, source, output, *, workers=1, address=None, batch_size=32,
@@ -61,6 +91,8 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
         retries: times a shard is run again after its worker died (killed, out of
             memory, its machine lost, a decoder crash) before the job stops with an
             `EmbedError`; the shards finished by then are kept for a rerun.
+        address: refused (ConfigError) within seconds when nothing answers there
+            (nor at $RAY_ADDRESS, which Ray uses when address is None or 'auto').
         progress: a progress bar on stderr.
         runtime, precision, min_cosine: 'keras', or 'openvino' at precision 'fp32'
             (default), 'bf16' or 'int8' with its gate (see `load_pretrained`). The
@@ -70,23 +102,38 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
             refused.
 
     Returns an `EmbedSummary`. Unreadable images are listed with their reason in
-    `output/_errors.csv`; they never stop the job.
+    `output/_errors.csv`; they never stop the job. `output` holds vit-embed's files only:
+    one that holds others (the SOURCE's images) is refused. Interrupted (Ctrl-C), the job
+    stops its workers and raises `EmbedStopped` (a KeyboardInterrupt); the finished
+    shards are kept, and a rerun resumes.
     """
     from vit_hub.catalogue import get_entry
-    from vit_hub.pretrained import cached_weights, load_pretrained
 
     _check_positive(workers=workers, batch_size=batch_size, shard_size=shard_size)
     _check_retries(retries)
-    _check_address(address)
+    _check_address(address)  # also: no cluster answers there, refused in seconds
     entry = get_entry(model)
     precision = check_runtime(runtime, precision, min_cosine=min_cosine)
     out = EmbedOutput(output, entry.name, runtime, precision)
-    out.check()  # another model's (or runtime's) rows: refused before anything is read
-    locations = list_images(source)  # nothing to embed: refused here too
+    try:
+        return _embed(entry, source, out, workers, address, batch_size, cache_dir, offline,
+                      shard_size, cpus_per_worker, gpus_per_worker, retries, progress,
+                      dict(runtime=runtime, precision=precision, min_cosine=min_cosine))
+    except EmbedStopped:
+        raise
+    except KeyboardInterrupt:  # before the job ran: what a rerun would find
+        raise EmbedStopped(out.folder, len(out.parts())) from None
+
+
+def _embed(entry, source, out, workers, address, batch_size, cache_dir, offline, shard_size,
+           cpus, gpus, retries, progress, computed):
+    from vit_hub.pretrained import cached_weights
+
+    out.check()  # another model's (or runtime's) rows, the user's files: refused before
+    locations = list_images(source)  # anything is read; nothing to embed: refused here too
     cached_weights(entry.name, cache_dir, offline)  # offline and not cached: refused here
-    if runtime == "openvino":  # built (or found) once here, checked against its gate
-        load_pretrained(entry.name, cache_dir=cache_dir, offline=offline,
-                        runtime="openvino", precision=precision, min_cosine=min_cosine)
+    if computed["runtime"] == "openvino":  # built (or found) once here, checked
+        _openvino_model(entry.name, cache_dir, offline, computed)
     start = time.perf_counter()
     with out.lock():
         out.remove_temporaries()
@@ -98,21 +145,46 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
         stopped = None
         try:
             if shards:
-                images, errors = _counted(
-                    _run(shards, entry, out, workers, address, batch_size, cache_dir,
-                         cpus_per_worker, gpus_per_worker, retries,
-                         dict(runtime=runtime, precision=precision, min_cosine=min_cosine)),
-                    len(pending), progress, entry.name)
+                with temporary_folder(out.folder, prefix=RUNS_PREFIX) as runs:
+                    images, errors = _counted(
+                        _run(shards, entry, out, workers, address, batch_size, cache_dir,
+                             cpus, gpus, retries, runs, computed),
+                        len(pending), progress, entry.name)
+        except KeyboardInterrupt:  # the job's workers are stopped (see _counted)
+            out.remove_temporaries()  # the file of a shard cut off mid-write
+            raise EmbedStopped(out.folder, len(out.parts())) from None
         except Exception as err:
-            if not _worker_died(err):
+            reason = _worker_died(err)
+            if reason is None:
                 raise
-            stopped = _stopped(err, out, shards, retries)
+            stopped = _stopped(reason, out, shards, retries)
         finally:  # the finished shards' unreadable images, also when the job stopped
             out.write_errors_file()
     if stopped:  # raised without Ray's error, whose frames hold the job's actor handles
         raise stopped
     return EmbedSummary(out.folder, images, errors, len(locations) - len(pending),
                         len(shards), time.perf_counter() - start)
+
+
+def _openvino_model(name, cache_dir, offline, computed):
+    """Builds (or finds and checks) the OpenVINO IR the workers load. Offline and not
+    cached: a CacheError whose fix is the command that builds it in this cache."""
+    from vit_hub.cache import is_offline
+    from vit_hub.pretrained import load_pretrained
+
+    try:
+        load_pretrained(name, cache_dir=cache_dir, offline=offline, **computed)
+    except CacheError as err:
+        head, found, _ = str(err).partition(", and offline nothing is built")
+        if not (found and is_offline(offline)):
+            raise
+        where = f" --cache-dir {shlex.quote(os.fspath(cache_dir))}" if cache_dir else ""
+        raise CacheError(
+            f"{head}, and with --offline (offline=True, VIT_HUB_OFFLINE) none is built. "
+            f"Build it once: convert-weights {name} --runtime openvino --precision "
+            f"{computed['precision']}{where}; or run vit-embed once without --offline (the "
+            "weights are cached: it builds the IR from them, downloading nothing)."
+        ) from None
 
 
 def _shards(pending, first, size):
@@ -122,9 +194,10 @@ def _shards(pending, first, size):
 
 
 def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus, retries,
-         computed):
+         runs, computed):
     """The Ray Data job: shards -> a pool of `workers` ShardEmbedder actors -> counts.
-    `computed`: the runtime keywords of the workers' model."""
+    `runs`: the folder where the workers record each run of a shard; `computed`: the
+    runtime keywords of the workers' model."""
     ray = _ray(address)
     from vit_hub.architecture import variant_config
     from vit_hub.embed.worker import ShardEmbedder
@@ -133,11 +206,11 @@ def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus
         cpus = ray.cluster_resources().get("CPU", 1) / workers
     dataset = ray.data.from_items(shards, override_num_blocks=len(shards))
     # Ray Data's actor pools restart an actor that dies (killed, out of memory, its machine
-    # lost) and run its shard again; the shard's file is written whole, once. Ray Data's
-    # own default retries a shard forever: one whose images crash the decoder would never
-    # end, so a shard gets `retries` more runs and an actor as many restarts (with more
-    # restarts than runs, the actor that died last would come back after the job stopped
-    # and hold its CPUs from the next job of this process: measured on Ray 2.60).
+    # lost) and run its shard again; the shard's file is written whole, once. Ray Data
+    # retries without a bound (its map_batches has no named option for it: the
+    # max_restarts / max_task_retries of **ray_remote_args are deprecated), so a shard
+    # whose images crash the decoder would never end: the workers count each shard's runs
+    # in `runs` and refuse the one after `retries` retries, and `_counted` stops the job.
     return dataset.map_batches(
         ShardEmbedder,
         batch_size=1,
@@ -145,11 +218,10 @@ def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus
         fn_constructor_kwargs=dict(
             model=entry.name, entry=entry.to_dict(), variant=variant_config(entry.variant),
             cache_dir=cache_dir and os.path.abspath(cache_dir), folder=out.folder,
-            batch_size=batch_size, threads=max(1, round(cpus)), **computed),
+            batch_size=batch_size, threads=max(1, round(cpus)), runs=runs, retries=retries,
+            **computed),
         num_cpus=cpus,
         num_gpus=gpus,
-        max_task_retries=retries,
-        max_restarts=retries,
     ).iter_rows()
 
 
@@ -165,45 +237,132 @@ def _ray(address):
     if not ray.is_initialized():
         env = {"TF_CPP_MIN_LOG_LEVEL": "2",
                "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, runtime_env={"env_vars": env})
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, runtime_env={"env_vars": env})
+        except ConnectionError as err:  # (what _check_address could not tell)
+            _, given, undo = _joined(address)
+            raise ConfigError(
+                f"Cannot join a Ray cluster at {given} ({str(err).rstrip('.')}): start it "
+                f"first (`ray start --head` on that machine), or {undo} to run on a Ray "
+                "started on this machine for the job.") from None
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
 
 
 def _check_address(address):
-    """`address` on a process already connected to Ray would be ignored: refused."""
+    """`address` on a process already connected to Ray would be ignored: refused. Not yet
+    connected, the cluster that ray.init would join must answer (a TCP connection within
+    CONNECT_TIMEOUT), or ray.init would retry for minutes, printing Ray's log lines."""
     ray = sys.modules.get("ray")
-    if address is None or ray is None or not ray.is_initialized():
+    if ray is None or not ray.is_initialized():
+        _check_reachable(address)
         return
     current = ray.get_runtime_context().gcs_address
-    if address not in ("auto", current):
+    if address not in (None, "auto", current):
         raise ConfigError(
             f"This process is already connected to the Ray cluster at {current}, so "
             f"address={address!r} cannot be joined: leave address out to run there, or "
             "call ray.shutdown() first.")
 
 
+def _check_reachable(address):
+    """ConfigError, naming the fix, when nothing answers at the address ray.init would
+    join: `address`, or $RAY_ADDRESS when it is None or 'auto' (as Ray does)."""
+    address, given, undo = _joined(address)
+    if address in (None, "local"):
+        return
+    if address == "auto":
+        address = _auto_address()
+    target = address and _host_port(address)
+    if not target:  # a form Ray reads itself
+        return
+    host, port = target
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+        return
+    except TimeoutError:
+        problem = f"no answer within {CONNECT_TIMEOUT:g} s"
+    except OSError as err:
+        problem = err.strerror or type(err).__name__
+    where = "" if f"{host}:{port}" in given else f"{host}:{port}: "
+    raise ConfigError(
+        f"No Ray cluster answers at {given} ({where}{problem}). Start it first "
+        "(`ray start --head` on that machine; then give HOST:6379, or ray://HOST:10001 for "
+        f"Ray Client), check the host and port, or {undo} to run on a Ray started on this "
+        "machine for the job.")
+
+
+def _joined(address):
+    """(the address ray.init joins, how the user gave it, how to run locally instead)."""
+    if address in (None, "auto") and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+        return address, f"RAY_ADDRESS={address}", "unset RAY_ADDRESS"
+    return address, f"--address {address}", "drop --address"
+
+
+def _auto_address():
+    """The address Ray's 'auto' means (a cluster started on this machine by `ray start`),
+    None where Ray's lookup is not available; ConfigError when there is none."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # another Ray: ray.init says what it finds
+        return None
+    try:
+        return canonicalize_bootstrap_address("auto")
+    except ConnectionError:
+        raise ConfigError(
+            "--address auto found no running Ray cluster on this machine: start one first "
+            "(`ray start --head`), give the address of another, or drop --address to run on "
+            "a Ray started for the job.") from None
+    except Exception:  # Ray's own error, at ray.init
+        return None
+
+
+def _host_port(address):
+    """(host, port) of a GCS address 'HOST:PORT' or a Ray Client one 'ray://HOST[:PORT]'
+    (port 10001 by default); None for any other form."""
+    scheme, found, rest = address.partition("://")
+    if found and scheme != "ray":
+        return None
+    rest = (rest if found else address).split("/")[0]
+    default = 10001 if found else None
+    if rest.startswith("["):  # [IPv6]:port
+        host, _, tail = rest[1:].partition("]")
+        port = tail[1:] if tail.startswith(":") else default
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    elif ":" not in rest:
+        host, port = rest, default
+    else:
+        return None
+    port = str(port or "")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
 def _worker_died(err):
-    """Whether a Ray Data job failed because a worker died (more often than retried)."""
+    """Why a Ray Data job failed, if a worker died more often than retried: a shard
+    refused after its retries (the workers' bound), or Ray's actor errors. Else None."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError
 
+    if isinstance(err, ShardRunsExhausted):
+        return str(err)
     while err is not None:
         if isinstance(err, (ActorDiedError, ActorUnavailableError)):
-            return True
+            return type(err).__name__
         err = err.__cause__ or err.__context__
-    return False
+    return None
 
 
-def _stopped(err, out, shards, retries):
+def _stopped(reason, out, shards, retries):
     """The EmbedError of a job whose worker kept dying: which shards are left, and why."""
     finished = out.parts()
     left = [s for s in shards if s["shard"] not in finished]
     named = ", ".join(f"{s['shard']} ({s['paths'][0]} ...)" for s in left[:3])
     return EmbedError(
         f"A vit-embed worker died {retries + 1} times (retries={retries}), so the job "
-        f"stopped ({type(err).__name__}). Kept: the {len(finished)} finished shards in "
+        f"stopped ({reason}). Kept: the {len(finished)} finished shards in "
         f"{out.folder}; a rerun resumes from there. Not finished: {len(left)} shards, "
         f"{sum(len(s['paths']) for s in left)} images (shards {named}). A worker that "
         "dies on one shard each time is killed by that shard's data (an image that "
@@ -213,15 +372,23 @@ def _stopped(err, out, shards, retries):
 
 def _counted(results, total, progress, name):
     """Images embedded and found unreadable, from the workers' counts, with a progress
-    bar."""
+    bar; ShardRunsExhausted when a worker refused a shard (the job is stopped)."""
     from tqdm import tqdm
 
     images = errors = 0
-    with tqdm(total=total, desc=f"vit-embed {name}", unit="img", disable=not progress,
-              smoothing=0.1) as bar:
-        for row in results:
-            images, errors = images + int(row["images"]), errors + int(row["errors"])
-            bar.update(int(row["images"]) + int(row["errors"]))
+    rows = iter(results)
+    try:
+        with tqdm(total=total, desc=f"vit-embed {name}", unit="img", disable=not progress,
+                  smoothing=0.1) as bar:
+            for row in rows:
+                if row["refused"]:
+                    raise ShardRunsExhausted(str(row["refused"]))
+                images, errors = images + int(row["images"]), errors + int(row["errors"])
+                bar.update(int(row["images"]) + int(row["errors"]))
+    finally:  # stopped or interrupted too: Ray Data stops the job, its workers with it
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
     return images, errors
 
 

@@ -10,7 +10,10 @@ missing, and a shard retried after a killed worker replaces nothing but itself. 
 file's Parquet metadata records the model, the runtime and precision that computed the
 rows (with OpenVINO's measured agreement with fp32) and the shard's unreadable images, so
 the folder alone says what was done; `_errors.csv` is regenerated from it at the end of a
-run. Readers of Parquet datasets (pyarrow, pandas, Ray, Spark) skip `_` and `.` files.
+run. Readers of Parquet datasets (pyarrow, pandas, Ray, Spark) skip `_` and `.` files, and
+fail on any other file in the folder: OUT holds vit-embed's files only (`check`), never the
+user's images. While a run goes, a hidden `.tmp-runs-*` folder records each run of each
+shard (`record_run`: the retry bound of `embed_images`); it goes with the run.
 """
 
 import contextlib
@@ -19,8 +22,9 @@ import json
 import os
 import re
 
+from vit_hub.embed.sources import IMAGE_EXTENSIONS
 from vit_hub.errors import OutputExistsError
-from vit_hub.files import atomic_path, remove_temporaries
+from vit_hub.files import TEMPORARY_PREFIX, atomic_path, remove_temporaries
 
 MODEL_KEY = b"vit_hub.model"
 ERRORS_KEY = b"vit_hub.errors"
@@ -29,6 +33,7 @@ PRECISION_KEY = b"vit_hub.precision"
 ACCURACY_KEY = b"vit_hub.accuracy"
 ERRORS_FILE = "_errors.csv"
 LOCK_FILE = ".vit-embed.lock"
+RUNS_PREFIX = f"{TEMPORARY_PREFIX}runs-"
 _PART = re.compile(r"part-(\d+)\.parquet")
 
 
@@ -53,12 +58,13 @@ class EmbedOutput:
         return {int(m.group(1)): os.path.join(self.folder, m.group(0)) for m in found if m}
 
     def check(self):
-        """OutputExistsError, before any work, for an OUT that is a file, or that holds
-        rows of another model, of another runtime or precision, or files vit-embed did
-        not write."""
+        """OutputExistsError, before any work, for an OUT that is a file, that holds files
+        vit-embed did not write (the user's images: OUT given as the SOURCE folder), or
+        rows of another model, of another runtime or precision."""
         if os.path.exists(self.folder) and not os.path.isdir(self.folder):
             raise OutputExistsError(f"--output {self.folder} is a file; give a folder for "
                                     "the Parquet dataset.")
+        self._check_only_ours()
         for path in self.parts().values():
             metadata = _metadata(path)
             model = metadata.get(MODEL_KEY, b"").decode()
@@ -78,6 +84,28 @@ class EmbedOutput:
                     f"{' '.join(computed)} ({os.path.basename(path)}), not by "
                     f"{' '.join(self.computed)}: resume it with {flags}, or give another "
                     "folder.")
+
+    def _check_only_ours(self):
+        """OUT may be new, empty, or a vit-embed output folder (being resumed): its
+        Parquet files, `_errors.csv` and hidden files (the lock, a killed run's temporary
+        files, a file manager's). Anything else is the user's (images, a SOURCE folder
+        given as OUT, a folder holding one): vit-embed's files would be mixed into it, and
+        no Parquet reader could read the folder as a dataset."""
+        if not os.path.isdir(self.folder):
+            return
+        foreign = sorted(name for name in os.listdir(self.folder) if not (
+            name.startswith(".") or name == ERRORS_FILE or _PART.fullmatch(name)))
+        if not foreign:
+            return
+        images = [n for n in foreign if n.lower().endswith(IMAGE_EXTENSIONS)]
+        named = ", ".join((images or foreign)[:3]) + (", ..." if len(foreign) > 3 else "")
+        what = "images" if images else "files or folders"
+        raise OutputExistsError(
+            f"--output {self.folder} holds {what} vit-embed did not write ({named}; "
+            f"{len(foreign)} {'entry' if len(foreign) == 1 else 'entries'} in all): "
+            "vit-embed would write its Parquet files among them. Give --output a new or "
+            f"empty folder, e.g. {self.folder.rstrip(os.sep)}-embeddings (a folder of "
+            "vit-embed's own is resumed).")
 
     @contextlib.contextmanager
     def lock(self):
@@ -121,6 +149,20 @@ class EmbedOutput:
             writer.writerow(["path", "reason"])
             writer.writerows(rows)
         return len(rows)
+
+
+def record_run(runs, index):
+    """Records one more run of shard `index` in the run's folder `runs` (a file each,
+    created exclusively: two runs never take one number); returns how many runs it has
+    had, this one included."""
+    count = 1
+    while True:
+        try:
+            os.close(os.open(os.path.join(runs, f"shard-{index:05d}.{count}"),
+                             os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return count
+        except FileExistsError:
+            count += 1
 
 
 def write_part(folder, index, table, model, errors, runtime="keras", precision="fp32",

@@ -51,10 +51,7 @@ class IRCacheEntry:
 
     def lock(self):
         """Builders of one IR take one lock, whatever weights they find."""
-        import filelock
-
-        os.makedirs(self.root, exist_ok=True)
-        return filelock.FileLock(os.path.join(self.root, f"{self.label}-{_digest(self.key)}.lock"))
+        return self.weights.lock(label=f"openvino-{self.label}-{_digest(self.key)}")
 
 
 def ir_key(precision, image_size, head, calibration):
