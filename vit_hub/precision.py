@@ -86,22 +86,22 @@ def warn_if_unsuited(policy):
         _warn_if_emulated()  # (on OpenVINO: the runtime's own precision)
 
 
-@functools.cache  # what makes each once a process
+@functools.cache  # what makes it once a process
 def _warn_once(message, category, stacklevel):
     # `stacklevel` counts to the caller of create_vit / empty_model.
     warnings.warn(message, category, stacklevel=stacklevel)
 
 
-@functools.cache
+@functools.cache  # what makes it once a process
 def _warn_if_emulated():
     import keras
 
     speedup = bf16_speedup()
     if speedup >= MIN_SPEEDUP:
         return
-    _warn_once(
+    warnings.warn(
         f"bf16 is emulated here: a bf16 matmul ran at {speedup:.2f}x the float32 rate on "
         f"{keras.backend.backend()} (measured now; native bf16 gives about 2x). A "
         "mixed_bfloat16 model computes less precisely for no speed on this machine: use "
         "float32, or bf16 on hardware with AVX512_BF16/AMX or a GPU.",
-        PerformanceWarning, stacklevel=5)
+        PerformanceWarning, stacklevel=4)  # the caller of create_vit / empty_model
