@@ -15,7 +15,13 @@ import stat
 from vit_hub.architecture import check_flag
 from vit_hub.catalogue import is_name
 from vit_hub.errors import CacheError, CatalogueError, ConfigError
-from vit_hub.files import TEMPORARY_PREFIX, checksum_problem, read_json, remove_temporaries
+from vit_hub.files import (
+    TEMPORARY_PREFIX,
+    checksum_problem,
+    read_json,
+    remove_temporaries,
+    temporaries,
+)
 from vit_hub.weights import FORMAT_VERSION
 
 ENV_CACHE = "VIT_HUB_CACHE"
@@ -183,11 +189,8 @@ class CacheEntry:
         removed."""
         import filelock
 
-        parent = os.path.dirname(self.folder)
-        left = [n for folder, prefix in ((parent, self.staging_prefix),
-                                         (self.folder, TEMPORARY_PREFIX))
-                for n in _names(folder) if n.startswith(prefix)]
-        if not left:
+        if not (temporaries(os.path.dirname(self.folder), self.staging_prefix)
+                or temporaries(self.folder)):
             return []
         try:
             with self.lock(timeout=0):
@@ -200,10 +203,3 @@ class CacheEntry:
         and `.tmp-*` files (under the lock). Returns the names removed."""
         return (remove_temporaries(os.path.dirname(self.folder), self.staging_prefix)
                 + remove_temporaries(self.folder))
-
-
-def _names(folder):
-    try:
-        return os.listdir(folder)
-    except OSError:
-        return []

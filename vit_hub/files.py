@@ -158,16 +158,20 @@ def fsync(path):
         os.close(fd)
 
 
+def temporaries(folder, prefix=TEMPORARY_PREFIX):
+    """The names in `folder` that start with `prefix` (none if there is no such folder)."""
+    try:
+        return [n for n in os.listdir(folder) if n.startswith(prefix)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def remove_temporaries(folder, prefix=TEMPORARY_PREFIX):
     """Removes the temporary files and folders (names starting with `prefix`) that
     writers killed mid-write left in `folder`. Call it only while no other process can
     be writing them (under the lock). Returns the names removed."""
-    try:
-        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
     removed = []
-    for name in names:
+    for name in temporaries(folder, prefix):
         try:
             os.remove(os.path.join(folder, name))
             removed.append(name)

@@ -52,6 +52,13 @@ def open_file(path, mark, version, what):
     its tensors read when used, one at a time (loading reads each once, straight into
     its variable). A WeightsError names what is wrong and the fix (`what` says what the
     file should be and how one is made again)."""
+    with _open(path, mark, version, what) as (datasets, records, _):
+        yield datasets, records
+
+
+@contextlib.contextmanager
+def _open(path, mark, version, what):
+    """As `open_file`, also yielding the digest the file records (None if it has none)."""
     import h5py
 
     try:
@@ -67,7 +74,7 @@ def open_file(path, mark, version, what):
                          if isinstance(item, h5py.Dataset) else None)
             records = {name: _record(f, name, path, what)
                        for name in f.attrs if name not in ("format", "format_version", DIGEST)}
-            yield datasets, records
+            yield datasets, records, f.attrs.get(DIGEST)
     except (OSError, KeyError) as err:
         if isinstance(err, FileNotFoundError) or not os.path.exists(path):
             raise WeightsError(f"{path} does not exist: give the path of {what.kind}.") from None
@@ -77,11 +84,7 @@ def open_file(path, mark, version, what):
 
 def read_verified(path, mark, version, what):
     """({name: array}, records) of a whole file, checked against its content digest."""
-    with open_file(path, mark, version, what) as (datasets, records):
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            expected = f.attrs.get(DIGEST)
+    with _open(path, mark, version, what) as (datasets, records, expected):
         arrays = {name: datasets[name][()] for name in sorted(datasets)}
     digest = _Digest(records)
     for name, array in arrays.items():
