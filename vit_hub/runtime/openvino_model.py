@@ -11,12 +11,12 @@ import os
 
 import numpy as np
 
-from vit_hub.errors import ConfigError, ImageError, WeightsError
+from vit_hub.errors import ImageError, WeightsError
 from vit_hub.files import read_json
 from vit_hub.preprocessing import check_model_images
 from vit_hub.runtime import ir
 from vit_hub.runtime.engine import DEVICE, core
-from vit_hub.runtime.options import check_precision
+from vit_hub.runtime.options import check_batch_size, check_precision, check_threads
 
 # OpenVINO's INFERENCE_PRECISION_HINT for each precision: an int8 model computes its
 # quantized matmuls in int8 and every other op in f32.
@@ -40,7 +40,7 @@ class OpenVINOModel:
         self.accuracy = dict(accuracy)
         self.name = name
         config = {"INFERENCE_PRECISION_HINT": _HINT[precision]}
-        if threads:
+        if threads is not None:  # checked by the entry points (`options.check_threads`)
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core().compile_model(ov_model, DEVICE, config)
         shape = ov_model.input(0).get_partial_shape()
@@ -54,9 +54,8 @@ class OpenVINOModel:
         return self.compiled(images)[0]
 
     def predict(self, images, batch_size=32):
+        batch_size = check_batch_size(batch_size)
         images = self._check(images)
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
         return np.concatenate([self.compiled(images[i:i + batch_size])[0]
                                for i in range(0, len(images), batch_size)])
 
@@ -68,7 +67,10 @@ class OpenVINOModel:
 
     def save(self, path):
         """Writes the IR to `path` (ending in .xml; the weights go to the .bin beside it,
-        at full precision) and the record to the .json beside it, each atomically."""
+        at full precision) and the record to the .json beside it, each atomically. A
+        vit_hub model saved there earlier is replaced; other files there are not (an
+        OutputExistsError says so, as it does for a path under a file)."""
+        ir.check_save_target(path)
         ir.write_ir(self.ov_model, path, self.record())
         return path
 
@@ -121,7 +123,8 @@ def read_verified(xml_path, threads=None):
 
 
 def read_ir(xml_path, threads=None):
-    """The `OpenVINOModel` of an IR, unchecked (see `read_verified`)."""
+    """The `OpenVINOModel` of an IR, its files unchecked: `read_verified` checks them,
+    and the record (`ir.record_problem`) before this reads it."""
     xml, weights, record_path = ir.paths(xml_path)
     record = read_json(record_path)
     ov_model = core().read_model(xml, weights)
@@ -131,8 +134,10 @@ def read_ir(xml_path, threads=None):
 
 def load_openvino(path, threads=None):
     """The `OpenVINOModel` saved at `path` (`.xml`) by `OpenVINOModel.save`, after
-    checking it against its `.json` record: an IR that is corrupt, incomplete or from
-    another OpenVINO version is refused, never compiled."""
+    checking it against its `.json` record, and the record against its own checksum: an
+    IR that is corrupt, incomplete, edited or from another OpenVINO version is refused,
+    never compiled. `threads`: CPU threads for inference (default: all)."""
+    check_threads(threads)
     path = ir.check_xml_path(path)
     if not os.path.isfile(path):
         raise WeightsError(f"No OpenVINO IR at {path}.")
