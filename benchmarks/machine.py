@@ -7,41 +7,17 @@ import platform
 import time
 
 from benchmarks import child
+from vit_hub.runtime.engine import cpu_class, cpuinfo
 
 # The /proc/cpuinfo flags recorded (OpenVINO's bf16 and int8 speed depends on them).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
              "amx_int8")
-# The instruction sets a CPU class is named by, and the flags that give each.
-CLASS_SETS = {"AVX2": ("avx2",), "AVX-512F": ("avx512f",), "AVX512_VNNI": ("avx512_vnni",),
-              "AVX512_BF16": ("avx512_bf16",), "AMX": ("amx_bf16", "amx_int8", "amx_tile")}
-
-
-def cpuinfo():
-    """(model name, flags) of the first processor in /proc/cpuinfo."""
-    name, flags = platform.processor() or "unknown CPU", []
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return name, flags
-    name = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")),
-                name)
-    flags = next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), [])
-    return name, flags
 
 
 def cpu_flags():
     """Which of CPU_FLAGS /proc/cpuinfo lists."""
     flags = cpuinfo()[1]
     return {flag: flag in flags for flag in CPU_FLAGS}
-
-
-def cpu_class():
-    """{"model": the CPU's name, "instruction_sets": {AVX2, AVX-512F, AVX512_VNNI,
-    AVX512_BF16, AMX: present or not}}."""
-    name, flags = cpuinfo()
-    return {"model": name, "instruction_sets": {label: any(f in flags for f in wanted)
-                                                for label, wanted in CLASS_SETS.items()}}
 
 
 def describe():

@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+from vit_hub.runtime.engine import describe_cpu_class
+
 # The issues' targets, ratios measured in one run (ViT-B/32 fe on this machine).
 TARGETS = {"call_batch1_vs_hub": 1.0, "first_prediction_vs_hub": 0.5,
            "load_rss_vs_weights": 1.3, "bf16_large_batch_vs_hub_fp32": 1.8,
@@ -217,10 +219,7 @@ def cpu_class(machine):
     recorded = machine.get("cpu_class")
     if not recorded:
         return f"{machine.get('cpu', 'unknown CPU')} ({UNKNOWN_CLASS})"
-    sets = recorded["instruction_sets"]
-    named = [label for label, present in sets.items() if present]
-    named += [f"no {label}" for label, present in sets.items() if not present]
-    return f"{recorded['model']} ({', '.join(named)})"
+    return describe_cpu_class(recorded)
 
 
 def measured_on(machine):
@@ -248,7 +247,30 @@ def text(report):
         lines += embed_lines(report["embed"])
     if "finetune" in report:
         lines += finetune_lines(report["finetune"])
+    if "openvino_settings" in report:
+        for header, rows in settings_tables(report["openvino_settings"]).values():
+            lines += [" | ".join(row) for row in (header, *rows)]
     return "\n".join(lines)
+
+
+def settings_tables(result):
+    """Per precision: (header, rows) of OpenVINO under each setting (median images/s per
+    batch, min-max), then where the time goes (PERF_COUNT)."""
+    tables = {}
+    for precision, settings in result["spread"].items():
+        batches = list(next(iter(settings.values())))
+        header = [f"OpenVINO {precision}: setting",
+                  *(f"batch {b}: images/s, median (min-max)" for b in batches)]
+        rows = [[name, *(f"{r['images_per_s']:.1f} ({r['min']:.1f}-{r['max']:.1f})"
+                         for r in by_batch.values())] for name, by_batch in settings.items()]
+        profile = result["profile"][precision]
+        where = [f"PERF_COUNT at batch {profile['batch']} ({profile['ms_per_call']:.0f} ms a "
+                 "call)", ", ".join(f"{k} {v:.0%}" for k, v in profile["share_by_type"].items())]
+        kernels = ["matmul kernels", ", ".join(f"{k} {v:.0%}"
+                                               for k, v in profile["matmul_kernels"].items())]
+        pad = [""] * (len(header) - 2)
+        tables[precision] = (header, rows + [where + pad, kernels + pad])
+    return tables
 
 
 def fmt_spread(record):
@@ -308,7 +330,7 @@ def accuracy_line(key, entry):
     from vit_hub.runtime.openvino_model import describe_accuracy
 
     note = f" ({entry['gate_note']})" if entry["gate_note"] else ""
-    return describe_accuracy(key.split("_")[1], entry["accuracy"]) + note
+    return f"OpenVINO {key.split('_')[1]}: {describe_accuracy(entry['accuracy'])}{note}"
 
 
 def compare_lines(rows):
@@ -383,6 +405,10 @@ def markdown(report):
                        for key in e["images_per_s"]])]
     if "finetune" in report:
         parts += finetune_tables(report["finetune"], caption)
+    if "openvino_settings" in report:
+        parts.append("## OpenVINO under its own settings\n")
+        parts += [table(caption, header, rows) for header, rows in
+                  settings_tables(report["openvino_settings"]).values()]
     return "\n".join(parts)
 
 

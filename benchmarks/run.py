@@ -4,6 +4,7 @@
     python -m benchmarks.run compare --json out/compare.json     # every variant
     python -m benchmarks.run embed --json out/embed.json         # vit-embed vs predict
     python -m benchmarks.run finetune --json out/finetune.json   # fit vs the hub layer
+    python -m benchmarks.run openvino-settings   # OpenVINO fp32's settings, PERF_COUNT
     python -m benchmarks.run --smoke                             # tiny, minutes (CI)
 
 This process only orchestrates: every figure is measured in a fresh child process, one
@@ -120,9 +121,24 @@ def finetune(args, host):
     return result
 
 
+def openvino_settings(args):
+    """OpenVINO fp32 under its own settings, and where its time goes:
+    benchmarks/openvino_settings.py."""
+    import vit_hub
+    from benchmarks.openvino_settings import bench_settings
+
+    name, smoke = first_model(args)
+    _, cache = startup.prepare(name, smoke)
+    size = vit_hub.get_entry(name).architecture.image_size[0]
+    with tempfile.TemporaryDirectory(dir=WORK) as folder:
+        return bench_settings(name, cache, size, args.batch, args.rounds, args.min_seconds,
+                              folder, smoke)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="vit_hub benchmarks")
-    parser.add_argument("mode", nargs="?", choices=["models", "compare", "embed", "finetune"],
+    parser.add_argument("mode", nargs="?", choices=["models", "compare", "embed", "finetune",
+                                                    "openvino-settings"],
                         default="models")
     parser.add_argument("--models", default="vit_b32_fe", help="comma-separated names")
     parser.add_argument("--variants", default=None, help="compare: comma-separated variants")
@@ -151,6 +167,8 @@ def main(argv=None):
                   "compare": bench_compare(args.variants, args.smoke)}
     elif args.mode == "embed":
         result = {"machine": machine.describe(), "embed": embed(args)}
+    elif args.mode == "openvino-settings":
+        result = {"machine": machine.describe(), "openvino_settings": openvino_settings(args)}
     elif args.mode == "finetune":
         host = machine.measure()
         result = {"machine": host, "finetune": finetune(args, host)}

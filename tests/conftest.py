@@ -143,6 +143,32 @@ def numpy(tensor):
     return keras.ops.convert_to_numpy(tensor)
 
 
+def random_classifier(num_classes=10):
+    """A tiny classifier with random weights of a realistic scale (fresh initialisation
+    would leave the head at zero), the same on every call."""
+    import vit_hub
+
+    model = vit_hub.VisionTransformer(image_size=TINY_IMAGE, num_classes=num_classes, **TINY)
+    rng = np.random.default_rng(0)
+    for v in model.weights:
+        v.assign(rng.normal(0, 0.05, v.shape).astype(np.float32) + ("gamma" in v.path))
+    return model
+
+
+@pytest.fixture(scope="module")
+def ov_classifier():
+    """`random_classifier()`, once per module (the OpenVINO runtime's tests)."""
+    return random_classifier()
+
+
+@pytest.fixture(scope="module")
+def ov_fp32(ov_classifier):
+    """The fp32 OpenVINO model of `ov_classifier`."""
+    import vit_hub
+
+    return vit_hub.to_openvino(ov_classifier)
+
+
 @pytest.fixture
 def tiny_config():
     return dict(TINY)

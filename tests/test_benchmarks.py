@@ -228,3 +228,28 @@ def test_compare_smoke(tmp_path):
     assert all(r["images_per_s"] > 0 and r["peak_rss_bytes"] > 0 for r in rows)
     assert rows[0]["output_shape"] == [None, 192] and "vit_s16" in printed
     assert result["machine"]["cpu_class"]["model"] in printed
+
+
+def test_openvino_settings_smoke(tmp_path):
+    """Each OpenVINO setting measured with its spread, and where the time goes, with the
+    CPU class over the table."""
+    out, markdown = tmp_path / "settings.json", tmp_path / "settings.md"
+    printed = run("benchmarks.run", "openvino-settings", "--smoke", "--batch", "1,2",
+                  "--json", str(out), "--markdown", str(markdown))
+    result = json.loads(out.read_text())["openvino_settings"]
+    from benchmarks.openvino_settings import SETTINGS
+
+    assert list(result["spread"]) == ["fp32", "int8"]
+    for settings in result["spread"].values():
+        assert list(settings) == list(SETTINGS)
+        for by_batch in settings.values():
+            assert list(by_batch) == ["1", "2"]
+            for record in by_batch.values():
+                assert record["min"] <= record["images_per_s"] <= record["max"]
+                assert len(record["rounds"]) == 2
+    for profile in result["profile"].values():
+        assert profile["batch"] == 2 and profile["ms_per_call"] > 0
+        assert 0.5 < sum(profile["share_by_type"].values()) <= 1 + 1e-9
+    assert "OpenVINO int8: setting" in printed and "vit_hub (hint f32, defaults)" in printed
+    table = markdown.read_text()
+    assert "AVX2" in table and "| OpenVINO fp32: setting |" in table

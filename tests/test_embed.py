@@ -380,7 +380,8 @@ def test_reduced_precision_is_refused_before_any_work_or_recorded(cache, photos,
             vit_hub.embed_images(TINY_NAME, photos, out, **kwargs, min_cosine=STRICT_GATE)
         assert not out.exists()
         kwargs["min_cosine"] = 0.5
-    vit_hub.embed_images(TINY_NAME, photos, out, **kwargs)
+    summary = vit_hub.embed_images(TINY_NAME, photos, out, **kwargs)
+    assert summary.engine.startswith(f"OpenVINO {precision}")
     [(runtime, found, accuracy)] = computed_by(out)
     assert (runtime, found) == ("openvino", precision)
     reduced, exact = vectors(out), expected_outputs(cache, TINY_NAME, readable(photos))
@@ -470,6 +471,10 @@ def test_the_cli_embeds_and_says_what_it_did(cache, photos, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "17 images embedded" in done.stdout and "2 unreadable" in done.stdout
     assert "_errors.csv" in done.stdout
+    from vit_hub.runtime.engine import describe_cpu_class
+
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    assert f"Computed by Keras ({backend}) fp32 on {describe_cpu_class()}." in done.stdout
     assert pq.read_table(tmp_path / "o").num_rows == 17
     refused = subprocess.run([*command, "vit_b32_fe", str(photos), "--output",
                               str(tmp_path / "o2"), "--cache-dir", str(tmp_path / "none"),

@@ -140,12 +140,16 @@ __all__ = [
 def __getattr__(name):
     """Imports a Keras-backed public name, or a submodule (`vit_hub.weights`), on first
     use."""
+    from vit_hub.terminal import tensorflow_start_up_filtered
+
     if name in _LAZY:
-        if _LAZY[name] in _KERAS_MODULES:
-            _register_all()
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        with tensorflow_start_up_filtered():  # (Keras on TensorFlow imports it)
+            if _LAZY[name] in _KERAS_MODULES:
+                _register_all()
+            value = getattr(importlib.import_module(_LAZY[name]), name)
     elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f"{__name__}.{name}")
+        with tensorflow_start_up_filtered():
+            value = importlib.import_module(f"{__name__}.{name}")
     else:
         raise AttributeError(f"module 'vit_hub' has no attribute {name!r}")
     globals()[name] = value

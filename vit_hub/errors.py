@@ -81,3 +81,20 @@ class MissingDependencyError(VitHubError, ImportError):
 class ArgumentError(VitHubError, TypeError):
     """An unknown or misspelt keyword argument, or an argument of the wrong type (a flag
     that is not a bool)."""
+
+
+def warn(message, category=UserWarning):
+    """Warns at the first line outside vit_hub: the user's call, however deep inside
+    vit_hub the warning was decided (a fixed stacklevel points into vit_hub from any
+    path but the one it was counted on)."""
+    import os
+    import sys
+    import warnings
+
+    # (Python 3.12's skip_file_prefixes= does this; vit_hub supports 3.10.) stacklevel 1
+    # is this function's line, 2 its caller's, and so on up to the first frame outside.
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -58,7 +58,9 @@ def export_tflite(model, path, batch_size=None, quantize=False):
     the deprecated `tf.lite.Interpreter`. A flatbuffer holds at most 2 GB: float32
     ViT-H (632M parameters) does not fit; use `quantize=True` there.
     """
-    import tensorflow as tf
+    from vit_hub.terminal import import_tensorflow
+
+    tf = import_tensorflow()
 
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
@@ -149,8 +151,10 @@ def find_xla_ops(saved_model_dir):
 
 def _input_spec(model, batch_size):
     import keras
-    import tensorflow as tf
 
+    from vit_hub.terminal import import_tensorflow
+
+    tf = import_tensorflow()
     backend = keras.backend.backend()
     if backend != "tensorflow":
         raise ExportError(

@@ -11,7 +11,8 @@ backend's default device (tens of milliseconds) and warns if bf16 is not faster.
 
 import functools
 import time
-import warnings
+
+from vit_hub.errors import warn
 
 
 class PerformanceWarning(UserWarning):
@@ -81,15 +82,14 @@ def warn_if_unsuited(policy):
     if policy.compute_dtype == "float16":
         reason = float16_fails_here(policy)
         if reason:
-            _warn_once(reason, UserWarning, stacklevel=4)
+            _warn_once(reason)
     elif policy.compute_dtype == "bfloat16" and keras.backend.backend() != "openvino":
         _warn_if_emulated()  # (on OpenVINO: the runtime's own precision)
 
 
 @functools.cache  # what makes it once a process
-def _warn_once(message, category, stacklevel):
-    # `stacklevel` counts to the caller of create_vit / empty_model.
-    warnings.warn(message, category, stacklevel=stacklevel)
+def _warn_once(message):
+    warn(message)
 
 
 @functools.cache  # what makes it once a process
@@ -99,9 +99,9 @@ def _warn_if_emulated():
     speedup = bf16_speedup()
     if speedup >= MIN_SPEEDUP:
         return
-    warnings.warn(
+    warn(
         f"bf16 is emulated here: a bf16 matmul ran at {speedup:.2f}x the float32 rate on "
         f"{keras.backend.backend()} (measured now; native bf16 gives about 2x). A "
         "mixed_bfloat16 model computes less precisely for no speed on this machine: use "
         "float32, or bf16 on hardware with AVX512_BF16/AMX or a GPU.",
-        PerformanceWarning, stacklevel=4)  # the caller of create_vit / empty_model
+        PerformanceWarning)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import concurrent.futures
 import inspect
 import os
-import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 from vit_hub.architecture import check_flag, check_kwargs, image_hw
 from vit_hub.cache import CacheEntry, is_offline
 from vit_hub.catalogue import get_entry
-from vit_hub.errors import CacheError, WeightsError
+from vit_hub.errors import CacheError, WeightsError, warn
 from vit_hub.files import checksum_problem
 from vit_hub.runtime.options import check_runtime
 from vit_hub.weights import build_model, empty_model, fill, open_weights_file
@@ -175,7 +174,7 @@ def cached_weights(name, cache_dir=None, offline=None):
             raise CacheError(message + f" Offline, they cannot be converted again: run "
                              f"`convert-weights {name} --force` with network, or with "
                              f"--source DIR.")
-        warnings.warn(message + " Converting again.", stacklevel=3)
+        warn(message + " Converting again.")
     if offline:
         from vit_hub.conversion.pipeline import offline_message
 

@@ -3,13 +3,12 @@ file (vit_hub's one tensor file format, `tensor_file`, with the architecture as 
 """
 
 import contextlib
-import warnings
 
 import numpy as np
 
 from vit_hub import tensor_file
 from vit_hub.architecture import Architecture
-from vit_hub.errors import ConfigError, WeightsError
+from vit_hub.errors import ConfigError, WeightsError, warn
 from vit_hub.resize import resize
 
 FORMAT = "vit_hub.weights"
@@ -172,13 +171,11 @@ def _fit(tensors, architecture, model):
     if old_grid != model.grid_size and key in tensors:
         tensors[key] = resample_position_embeddings(tensors[key], old_grid, model.grid_size)
         height, width = architecture.image_size
-        warnings.warn(
+        warn(
             f"{model.name}: position embeddings resampled from a {old_grid[0]}x{old_grid[1]} "
             f"to a {model.grid_size[0]}x{model.grid_size[1]} patch grid (image size "
             f"{model.image_size[0]}x{model.image_size[1]}). The weights were trained at "
-            f"{height}x{width}: fine-tune at the new size for full accuracy.",
-            stacklevel=4,
-        )
+            f"{height}x{width}: fine-tune at the new size for full accuracy.")
     new_head = model.include_top and (
         not architecture.include_top or model.num_classes != architecture.num_classes)
     if new_head or not model.include_top:

@@ -5,6 +5,7 @@
     convert-weights --all                        # every model that has a converter
     convert-weights --list                       # models, cache state, recorded parity
     convert-weights vit_b32_fe --runtime openvino --precision int8   # also the OpenVINO IR
+    convert-weights vit_b32_fe --runtime openvino --precision int8 --min-cosine 0.995
 
 Exit status: 0 all converted, 1 a conversion, parity check or OpenVINO accuracy gate
 failed, 2 usage error.
@@ -40,8 +41,15 @@ def parse_args(argv):
     parser.add_argument("--output", metavar="FILE",
                         help="also write the weights (and FILE's .json metadata) here")
     add_runtime_arguments(parser, "also build and cache the OpenVINO IR")
+    parser.add_argument("--min-cosine", type=min_cosine, metavar="C",
+                        help="OpenVINO bf16/int8: the least cosine to fp32 on the worst "
+                        "held-out image, in (0, 1]; below it the IR is refused and not "
+                        "cached (default 0.999 for bf16, 0.99 for int8)")
     args = parser.parse_args(argv)
     check_runtime_arguments(parser, args)
+    if args.min_cosine is not None and args.runtime != "openvino":
+        parser.error("--min-cosine is the OpenVINO runtime's: add --runtime openvino (and "
+                     "--precision bf16 or int8, whose gate it is)")
     if args.list and args.runtime != "keras":
         parser.error("--list shows the weights cache; --runtime goes with NAMEs or --all")
     if sum([bool(args.names), args.all, args.list]) != 1:
@@ -56,6 +64,19 @@ def parse_args(argv):
     if args.cache_dir and os.path.exists(args.cache_dir) and not os.path.isdir(args.cache_dir):
         parser.error(f"--cache-dir {args.cache_dir} is a file, not a folder")
     return args
+
+
+def min_cosine(text):
+    """--min-cosine's value, checked as `min_cosine=` is (`options.check_min_cosine`)."""
+    from vit_hub.errors import VitHubError
+    from vit_hub.runtime.options import check_min_cosine
+
+    try:
+        return check_min_cosine(float(text))
+    except (ValueError, VitHubError):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a number in (0, 1]: the least cosine similarity to fp32, e.g. "
+            "0.999 (leave it out for the precision's default gate)") from None
 
 
 def main(argv=None):
@@ -77,7 +98,8 @@ def main(argv=None):
         from vit_hub.runtime.options import check_runtime
 
         try:  # bf16 on a CPU without it, or no openvino: refused before any conversion
-            args.precision = check_runtime(args.runtime, args.precision)
+            args.precision = check_runtime(args.runtime, args.precision,
+                                           min_cosine=args.min_cosine)
         except VitHubError as err:
             print(f"convert-weights: {err}", file=sys.stderr)
             return 2
@@ -99,7 +121,8 @@ def build_ir(name, args):
     from vit_hub.terminal import start_tensorflow_quietly
 
     load = functools.partial(vit_hub.load_pretrained, name, cache_dir=args.cache_dir,
-                             runtime="openvino", precision=args.precision)
+                             runtime="openvino", precision=args.precision,
+                             min_cosine=args.min_cosine)
     try:
         try:
             fast = load(offline=True)  # a cached IR: neither TensorFlow nor Keras

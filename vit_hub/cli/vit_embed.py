@@ -93,6 +93,7 @@ def run(args):
     print(f"{summary.images} images embedded ({summary.images_per_second:.1f} img/s, "
           f"{summary.shards} shards), {summary.skipped} already done, "
           f"{summary.errors} unreadable -> {summary.output}")
+    print(f"Computed by {summary.engine} on {summary.cpu}.")
     if summary.errors:
         print(f"Unreadable images and why: {os.path.join(summary.output, '_errors.csv')}")
     return 0

@@ -52,7 +52,9 @@ class LazyTensor:
 
 def read_checkpoint(saved_model_dir):
     """{checkpoint key: LazyTensor} of every variable value in the SavedModel."""
-    import tensorflow as tf
+    from vit_hub.terminal import import_tensorflow
+
+    tf = import_tensorflow()
 
     prefix = checkpoint_prefix(saved_model_dir)
     try:

@@ -14,7 +14,6 @@ An interrupted job (Ctrl-C) stops its workers and keeps the finished shards
 import dataclasses
 import logging
 import os
-import shlex
 import socket
 import sys
 import time
@@ -23,6 +22,7 @@ from vit_hub.embed.output import RUNS_PREFIX, EmbedOutput
 from vit_hub.embed.sources import list_images
 from vit_hub.errors import CacheError, ConfigError, EmbedError, MissingDependencyError
 from vit_hub.files import temporary_folder
+from vit_hub.runtime.engine import describe_cpu_class
 from vit_hub.runtime.options import check_runtime
 
 MAX_SHARD = 1024  # images per shard: the unit of progress, retry and resume
@@ -37,6 +37,8 @@ class EmbedSummary:
     skipped: int  # images a previous run had finished
     shards: int  # shards run by this run
     seconds: float
+    engine: str = ""  # what computed the rows, e.g. 'OpenVINO int8 (the rest in f32)'
+    cpu: str = ""  # the driver's CPU class (`runtime.engine.describe_cpu_class`)
 
     @property
     def images_per_second(self):
@@ -132,8 +134,9 @@ def _embed(entry, source, out, workers, address, batch_size, cache_dir, offline,
     out.check()  # another model's (or runtime's) rows, the user's files: refused before
     locations = list_images(source)  # anything is read; nothing to embed: refused here too
     cached_weights(entry.name, cache_dir, offline)  # offline and not cached: refused here
+    engine = f"Keras ({os.environ.get('KERAS_BACKEND', 'tensorflow')}) fp32"
     if computed["runtime"] == "openvino":  # built (or found) once here, checked
-        _openvino_model(entry.name, cache_dir, offline, computed)
+        engine = _openvino_model(entry.name, cache_dir, offline, computed).engine
     start = time.perf_counter()
     with out.lock():
         out.remove_temporaries()
@@ -163,7 +166,8 @@ def _embed(entry, source, out, workers, address, batch_size, cache_dir, offline,
     if stopped:  # raised without Ray's error, whose frames hold the job's actor handles
         raise stopped
     return EmbedSummary(out.folder, images, errors, len(locations) - len(pending),
-                        len(shards), time.perf_counter() - start)
+                        len(shards), time.perf_counter() - start, engine,
+                        describe_cpu_class())
 
 
 def _openvino_model(name, cache_dir, offline, computed):
@@ -171,19 +175,19 @@ def _openvino_model(name, cache_dir, offline, computed):
     cached: a CacheError whose fix is the command that builds it in this cache."""
     from vit_hub.cache import is_offline
     from vit_hub.pretrained import load_pretrained
+    from vit_hub.runtime.ir_cache import build_command
 
     try:
-        load_pretrained(name, cache_dir=cache_dir, offline=offline, **computed)
+        return load_pretrained(name, cache_dir=cache_dir, offline=offline, **computed)
     except CacheError as err:
         head, found, _ = str(err).partition(", and offline nothing is built")
         if not (found and is_offline(offline)):
             raise
-        where = f" --cache-dir {shlex.quote(os.fspath(cache_dir))}" if cache_dir else ""
         raise CacheError(
             f"{head}, and with --offline (offline=True, VIT_HUB_OFFLINE) none is built. "
-            f"Build it once: convert-weights {name} --runtime openvino --precision "
-            f"{computed['precision']}{where}; or run vit-embed once without --offline (the "
-            "weights are cached: it builds the IR from them, downloading nothing)."
+            f"Build it once: {build_command(name, computed['precision'], cache_dir)}; or "
+            "run vit-embed once without --offline (the weights are cached: it builds the IR "
+            "from them, downloading nothing)."
         ) from None
 
 

@@ -12,10 +12,10 @@ Keras, no model build.
 import hashlib
 import json
 import os
-import warnings
+import shlex
 
 from vit_hub.cache import CacheEntry
-from vit_hub.errors import CacheError
+from vit_hub.errors import CacheError, warn
 from vit_hub.files import remove_temporaries
 from vit_hub.runtime.engine import openvino_version
 from vit_hub.runtime.ir import write_ir
@@ -74,20 +74,27 @@ def cached_openvino(name, cache_dir, offline, key, build, threads=None):
         raise CacheError(
             f"No usable OpenVINO {key['precision']} IR of {name} in the cache ({problem}), "
             f"and offline nothing is built. Build it once without VIT_HUB_OFFLINE: "
-            f"convert-weights {name} --runtime openvino --precision {key['precision']}.")
+            f"{build_command(name, key['precision'], cache_dir)}.")
     with entry.lock():
         entry.refresh()
         model, problem = entry.read(threads)
         if model is not None:  # another process built it meanwhile
             return model
         if os.path.exists(entry.xml_path):
-            warnings.warn(f"The cached OpenVINO IR of {name} in {entry.folder} is not used: "
-                          f"{problem}. Building it again.", stacklevel=3)
+            warn(f"The cached OpenVINO IR of {name} in {entry.folder} is not used: "
+                 f"{problem}. Building it again.")
         model = build()
         entry.refresh()  # the weights may have been converted by build()
         remove_temporaries(entry.folder)
         write_ir(model.ov_model, entry.xml_path, model.record())
         return model
+
+
+def build_command(name, precision, cache_dir=None):
+    """The command that builds the IR of `name` at `precision` in `cache_dir` (None: the
+    default cache)."""
+    where = f" --cache-dir {shlex.quote(os.fspath(cache_dir))}" if cache_dir else ""
+    return f"convert-weights {name} --runtime openvino --precision {precision}{where}"
 
 
 def _digest(key, weights=None):

@@ -8,19 +8,22 @@ bf16 by itself on CPUs with AVX512_BF16 or AMX, and "fp32" here means fp32.
 
 import concurrent.futures
 import os
+import time
 
 import numpy as np
 
-from vit_hub.errors import ConfigError, ImageError, WeightsError
+from vit_hub.errors import ImageError, WeightsError
 from vit_hub.files import read_json
 from vit_hub.preprocessing import check_model_images
 from vit_hub.runtime import ir
-from vit_hub.runtime.engine import DEVICE, core
-from vit_hub.runtime.options import check_precision
+from vit_hub.runtime.engine import DEVICE, core, cpu_capabilities, describe_cpu_class
+from vit_hub.runtime.options import check_batch_size, check_precision, check_threads
 
-# OpenVINO's INFERENCE_PRECISION_HINT for each precision: an int8 model computes its
-# quantized matmuls in int8 and every other op in f32.
-_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+# OpenVINO's INFERENCE_PRECISION_HINT for each precision: what every op computes in,
+# except an int8 model's quantized ones, which compute in int8. An int8 model's other
+# ops ("the rest") compute in f32, or in bf16 on a CPU with bf16 instructions where that
+# was measured to keep the gate (`convert.to_openvino` decides it, the record keeps it).
+_HINT = {"fp32": "f32", "bf16": "bf16"}
 
 
 class OpenVINOModel:
@@ -34,13 +37,21 @@ class OpenVINOModel:
     `vit_hub.load_openvino` checks. One call at a time per object (it keeps one request).
     """
 
-    def __init__(self, ov_model, *, precision, accuracy, name, threads=None):
+    def __init__(self, ov_model, *, precision, accuracy, name, threads=None, rest="f32",
+                 speed=None):
+        """`rest`: int8 only, what its unquantized ops compute in ('f32', or 'bf16' where
+        the CPU has it: elsewhere f32, `self.rest` says which). `speed`: images/s
+        measured when it was built (`measure_speed`), with the CPU class."""
         self.ov_model = ov_model
         self.precision = check_precision(precision)
         self.accuracy = dict(accuracy)
         self.name = name
-        config = {"INFERENCE_PRECISION_HINT": _HINT[precision]}
-        if threads:
+        self.speed = dict(speed) if speed else None
+        self.rest = None
+        if precision == "int8":
+            self.rest = "bf16" if rest == "bf16" and "BF16" in cpu_capabilities() else "f32"
+        config = {"INFERENCE_PRECISION_HINT": self.rest or _HINT[precision]}
+        if threads is not None:  # checked by the entry points (`options.check_threads`)
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core().compile_model(ov_model, DEVICE, config)
         shape = ov_model.input(0).get_partial_shape()
@@ -54,9 +65,8 @@ class OpenVINOModel:
         return self.compiled(images)[0]
 
     def predict(self, images, batch_size=32):
+        batch_size = check_batch_size(batch_size)
         images = self._check(images)
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
         return np.concatenate([self.compiled(images[i:i + batch_size])[0]
                                for i in range(0, len(images), batch_size)])
 
@@ -68,25 +78,55 @@ class OpenVINOModel:
 
     def save(self, path):
         """Writes the IR to `path` (ending in .xml; the weights go to the .bin beside it,
-        at full precision) and the record to the .json beside it, each atomically."""
+        at full precision) and the record to the .json beside it, each atomically. A
+        vit_hub model saved there earlier is replaced; other files there are not (an
+        OutputExistsError says so, as it does for a path under a file)."""
+        ir.check_save_target(path)
         ir.write_ir(self.ov_model, path, self.record())
         return path
 
     def record(self):
         """What the `.json` beside a saved IR holds besides its checksums."""
-        return {"name": self.name, "precision": self.precision, "accuracy": self.accuracy,
+        return {"name": self.name, "precision": self.precision, "rest": self.rest,
+                "accuracy": self.accuracy, "speed": self.speed,
                 "image_size": list(self.image_size)}
 
+    @property
+    def engine(self):
+        """'OpenVINO <precision>', and for int8 what the rest computes in."""
+        rest = f" (the rest in {self.rest})" if self.rest else ""
+        return f"OpenVINO {self.precision}{rest}"
+
     def summary(self):
-        """One line: the precision and what it costs, as measured."""
-        return describe_accuracy(self.precision, self.accuracy)
+        """One line: the engine and precision, its speed and the CPU class it was measured
+        on, and what it costs in agreement with fp32, as measured when it was built."""
+        engine = self.engine
+        speed = ""
+        if self.speed:
+            speed = (f" {self.speed['images_per_s']:.1f} images/s at batch "
+                     f"{self.speed['batch']} on {self.speed['cpu']};")
+        return f"{engine}:{speed} {describe_accuracy(self.accuracy)}"
 
     def __repr__(self):
         return (f"<OpenVINOModel {self.name!r} {self.precision}, input "
                 f"{self.input_shape}, output {self.output_shape}>")
 
 
-def describe_accuracy(precision, accuracy):
+def measure_speed(model, images, calls=3):
+    """{"images_per_s", "batch", "cpu"}: the best of `calls` timed calls on `images`
+    after one warm-up call, and the CPU class it ran on. A figure for the summary, taken
+    when a model is built (a benchmark measures longer: see the benchmarks page)."""
+    model.compiled(images)
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        model.compiled(images)
+        best = min(best, time.perf_counter() - start)
+    return {"images_per_s": len(images) / best, "batch": len(images),
+            "cpu": describe_cpu_class()}
+
+
+def describe_accuracy(accuracy):
     parts = [f"against the fp32 Keras model on {accuracy.get('images', '?')} held-out images:",
              f"max abs {accuracy['max_abs']:.2e}, cosine min {accuracy['cosine_min']:.6f}"]
     if accuracy.get("top1_agreement") is not None:
@@ -95,7 +135,7 @@ def describe_accuracy(precision, accuracy):
     if accuracy.get("calibration"):
         parts.append(f"; calibrated on {accuracy['calibration']['images']} images "
                      f"({accuracy['calibration']['source']})")
-    return f"OpenVINO {precision} " + " ".join(parts[:2]) + "".join(parts[2:])
+    return " ".join(parts[:2]) + "".join(parts[2:])
 
 
 def read_verified(xml_path, threads=None):
@@ -121,18 +161,22 @@ def read_verified(xml_path, threads=None):
 
 
 def read_ir(xml_path, threads=None):
-    """The `OpenVINOModel` of an IR, unchecked (see `read_verified`)."""
+    """The `OpenVINOModel` of an IR, its files unchecked: `read_verified` checks them,
+    and the record (`ir.record_problem`) before this reads it."""
     xml, weights, record_path = ir.paths(xml_path)
     record = read_json(record_path)
     ov_model = core().read_model(xml, weights)
     return OpenVINOModel(ov_model, precision=record["precision"], accuracy=record["accuracy"],
-                         name=record["name"], threads=threads)
+                         name=record["name"], threads=threads,
+                         rest=record.get("rest") or "f32", speed=record.get("speed"))
 
 
 def load_openvino(path, threads=None):
     """The `OpenVINOModel` saved at `path` (`.xml`) by `OpenVINOModel.save`, after
-    checking it against its `.json` record: an IR that is corrupt, incomplete or from
-    another OpenVINO version is refused, never compiled."""
+    checking it against its `.json` record, and the record against its own checksum: an
+    IR that is corrupt, incomplete, edited or from another OpenVINO version is refused,
+    never compiled. `threads`: CPU threads for inference (default: all)."""
+    check_threads(threads)
     path = ir.check_xml_path(path)
     if not os.path.isfile(path):
         raise WeightsError(f"No OpenVINO IR at {path}.")

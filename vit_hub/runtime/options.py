@@ -6,8 +6,14 @@ Light: imports neither Keras nor OpenVINO (only a bf16 request asks OpenVINO whe
 CPU has it), so that `--help` and usage errors stay instant.
 """
 
-from vit_hub.errors import ConfigError
+import math
+import numbers
 
+from vit_hub.architecture import is_int
+from vit_hub.errors import ArgumentError, ConfigError
+
+# What an int8 model's unquantized ops compute in (`OpenVINOModel`'s `rest`).
+INT8_RESTS = ("f32", "bf16")
 RUNTIMES = ("keras", "openvino")
 DEFAULT_RUNTIME = "keras"
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -19,7 +25,9 @@ def check_runtime(runtime, precision=None, **openvino_options):
     (default fp32), checked by `check_precision`. A ConfigError for an unknown runtime,
     for OpenVINO options given to Keras (`precision` and `openvino_options` such as
     min_cosine=, those not None: they would be ignored), and for calibration= at a
-    precision other than int8."""
+    precision other than int8. `min_cosine=` and `threads=` are checked by
+    `check_min_cosine` and `check_threads`. The one check of these options for
+    `to_openvino`, `load_pretrained`, `embed_images` and `convert-weights`."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r} is not one of "
                           f"{', '.join(repr(r) for r in RUNTIMES)}.")
@@ -35,7 +43,53 @@ def check_runtime(runtime, precision=None, **openvino_options):
     precision = check_precision(DEFAULT_PRECISION if precision is None else precision)
     if openvino_options.get("calibration") is not None and precision != "int8":
         raise ConfigError(f"calibration= is for precision='int8', not {precision!r}.")
+    check_min_cosine(openvino_options.get("min_cosine"))
+    check_threads(openvino_options.get("threads"))
     return precision
+
+
+def check_min_cosine(min_cosine):
+    """`min_cosine` (None: the precision's default gate) if it is a gate a model can meet:
+    a number in (0, 1] (a cosine similarity is at most 1; 0 or less would pass a model
+    that computes nothing like fp32). ArgumentError for another type, ConfigError for a
+    value outside."""
+    if min_cosine is None:
+        return None
+    if not isinstance(min_cosine, numbers.Real) or isinstance(min_cosine, bool):
+        raise ArgumentError(f"min_cosine must be a number in (0, 1] (the least cosine "
+                            f"similarity to fp32 on the worst held-out image), got "
+                            f"{min_cosine!r}; or None for the precision's default gate.")
+    if not (math.isfinite(min_cosine) and 0 < min_cosine <= 1):
+        raise ConfigError(f"min_cosine must be in (0, 1], got {min_cosine!r}: a cosine "
+                          "similarity is at most 1, and a gate of 0 or less passes anything. "
+                          "Give e.g. 0.999, or None for the precision's default gate.")
+    return float(min_cosine)
+
+
+def check_threads(threads):
+    """`threads` (None: all the CPU's) if it is a number of CPU threads OpenVINO can take:
+    an int, at least 1. ArgumentError for another type, ConfigError for a value below."""
+    if threads is None:
+        return None
+    if not is_int(threads):
+        raise ArgumentError(f"threads must be an int (CPU threads for inference), got "
+                            f"{threads!r}; or None for all of them.")
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}; or None for all the "
+                          "CPU's threads.")
+    return int(threads)
+
+
+def check_batch_size(batch_size):
+    """`batch_size` if it is an int of at least 1: ArgumentError for another type (a float
+    or a string would fail inside the slicing), ConfigError for a value below 1."""
+    if not is_int(batch_size):
+        raise ArgumentError(f"batch_size must be an int, got {batch_size!r}: the images per "
+                            "inference call, e.g. batch_size=32.")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}: the images per "
+                          "inference call, e.g. batch_size=32.")
+    return int(batch_size)
 
 
 def check_precision(precision):
