@@ -112,7 +112,10 @@ def build(name, *, runtime, precision, min_cosine, replicas, max_batch, batch_wa
             max(1, cpus // replicas) if replicas > 1 else None),
         max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000, max_pixels=max_pixels,
         **computed)
-    application = deployment.Ingress.bind(model_server, description, max_bytes, timeout_s)
+    # The ingress holds each request while a replica batches it: room for every
+    # replica's batches in flight and the next ones filling (Serve's default is 5).
+    ingress = deployment.Ingress.options(max_ongoing_requests=max(64, 4 * max_batch * replicas))
+    application = ingress.bind(model_server, description, max_bytes, timeout_s)
     return Served(application, description)
 
 
