@@ -228,3 +228,21 @@ def test_compare_smoke(tmp_path):
     assert all(r["images_per_s"] > 0 and r["peak_rss_bytes"] > 0 for r in rows)
     assert rows[0]["output_shape"] == [None, 192] and "vit_s16" in printed
     assert result["machine"]["cpu_class"]["model"] in printed
+
+
+@pytest.mark.slow  # two Ray + Serve starts per runtime: minutes, not CI
+def test_serve_smoke(tmp_path):
+    out = tmp_path / "serve.json"
+    printed = run("benchmarks.run", "serve", "--smoke", "--json", str(out))
+    result = json.loads(out.read_text())["serve"]
+    assert set(result["runtimes"]) == {"keras", "openvino"}
+    for runtime, figures in result["runtimes"].items():
+        assert figures["in_process_images_per_s"] > 0, runtime
+        assert set(figures["by_clients"]) == {"1", "8", "32"}
+        for row in figures["by_clients"].values():
+            assert row["requests"] > 0 and row["failures"] == 0
+            assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert figures["by_clients"]["32"]["mean_batch"] > 1  # batched together
+        assert figures["vs_in_process_at_32"] > 0
+    assert "target served/in-process at 32 clients" in printed
+
