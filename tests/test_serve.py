@@ -23,6 +23,7 @@ from tests.fault_support import free_port
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 requests = pytest.importorskip("requests")
+pytestmark = pytest.mark.xdist_group("serve")  # one Serve instance (on one worker)
 
 # The replicas run the same model on the same images, in batches of other sizes: float32
 # results differ by a few ulps (test_embed measured 0 to 5e-7).
