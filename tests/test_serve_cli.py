@@ -99,6 +99,7 @@ def test_serves_prints_the_url_and_the_model_and_stops_cleanly_on_ctrl_c(cache, 
     assert code == 130, said[-3000:]
     assert said.strip().splitlines()[-1] == "vit-serve: stopped; Serve shut down."
     assert "Traceback" not in said and not left, (left, said[-3000:])
+    assert (tmp_path / "out").read_text().splitlines() == printed  # no Ray lines after
     vit_hub.serve.check_port("127.0.0.1", port)  # free again: nothing listens there
 
 

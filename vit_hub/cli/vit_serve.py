@@ -117,12 +117,11 @@ def run(args):
         print(f"model {served.summary()}", flush=True)
         while True:
             signal.pause()
-    finally:  # interrupted: what this command deployed goes, before its Ray does
+    finally:  # interrupted: the application goes (its replicas drained), then the Ray
+        # this command started goes with Serve's controller and proxies; on a cluster,
+        # its other applications stay
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if args.address is None:
-            serve.shutdown()
-        else:  # a cluster's other applications stay
-            serve.delete(_app_name())
+        serve.delete(_app_name())
 
 
 def start(args):
