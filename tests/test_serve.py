@@ -5,7 +5,9 @@ their own image's output; a model replica killed mid-load (kill -9) replaced, no
 hanging; and shutdown leaving no Ray process. Two applications: the tiny fe model on
 Keras at /fe, the tiny classification model on OpenVINO at /cls."""
 
+import asyncio
 import concurrent.futures
+import functools
 import io
 import json
 import os
@@ -273,6 +275,8 @@ def test_concurrent_clients_each_get_their_own_images_output(service, keras_mode
 
 
 def test_a_killed_replica_is_replaced_and_no_request_hangs(service, keras_model):
+    """Ray Serve 2.60 routed the requests the kill cut off to the new replica (all 200,
+    ~8 s late, on this machine); a 503 saying to retry is allowed too."""
     images = [photo(200 + i) for i in range(8)]
     expected = features(keras_model, images)
     killed = service.get("/fe/v1/stats").json()["pid"]
@@ -305,6 +309,46 @@ def test_a_killed_replica_is_replaced_and_no_request_hangs(service, keras_model)
     resumed = [r for r in results if r[4] > state["back_at"] and r[1] == 200]
     assert before and resumed, (len(before), len(resumed))
     assert service.get("/fe/v1/stats").json()["pid"] != killed
+
+
+class Reply:
+    """A stand-in for a DeploymentResponse: raises `error` or answers after `delay` s."""
+
+    def __init__(self, error=None, delay=0.0):
+        self.error, self.delay, self.cancelled = error, delay, False
+
+    def __await__(self):
+        return self._result().__await__()
+
+    async def _result(self):
+        await asyncio.sleep(self.delay)
+        if self.error:
+            raise self.error
+        return "answered"
+
+    def cancel(self):
+        self.cancelled = True
+
+
+@pytest.mark.parametrize("case", ["replica died", "no answer in time"])
+def test_a_dead_or_silent_replica_costs_a_503_that_says_to_retry(case):
+    """What the kill test may not meet (Serve retried every request it cut off there):
+    a replica that dies with the request, or does not answer within timeout_s."""
+    from ray.exceptions import ActorDiedError
+
+    from vit_hub.serve.deployment import Ingress
+
+    call = functools.partial(Ingress.func_or_class._call, None)  # alone, no instance
+    reply = Reply(ActorDiedError()) if case == "replica died" else Reply(delay=5)
+    answer = asyncio.run(call(reply, lambda result: result, timeout_s=0.2))
+    error = json.loads(answer.body)["error"]
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert "retry the request" in error
+    if case == "replica died":
+        assert "ActorDiedError" in error
+    else:
+        assert "within 0.2 s" in error and reply.cancelled
+    assert asyncio.run(call(Reply(), lambda result: result, 1)) == "answered"
 
 
 def test_shutdown_leaves_no_ray_process(service):
