@@ -399,6 +399,18 @@ def markdown(report):
                         f"{e['overhead_vs_predict_loop'][key]:.2f}x",
                         " / ".join(f"{s:.1f}" for s in e["seconds"][key])]
                        for key in e["images_per_s"]])]
+    if "serve" in report:
+        v = report["serve"]
+        parts += [f"## vit-serve under load ({v['model']}, max batch {v['max_batch']}, "
+                  f"{v['seconds']:g} s per concurrency, loopback)\n", table(
+                      caption, ["runtime", "clients", "req/s", "p50 ms", "p99 ms",
+                                "mean batch", "served / in-process"],
+                      [[runtime, clients, f"{row['requests_per_s']:.1f}",
+                        f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}",
+                        f"{row['mean_batch']:.1f}",
+                        f"{row['requests_per_s'] / r['in_process_images_per_s']:.0%}"]
+                       for runtime, r in v["runtimes"].items()
+                       for clients, row in r["by_clients"].items()])]
     if "finetune" in report:
         parts += finetune_tables(report["finetune"], caption)
     return "\n".join(parts)
