@@ -6,9 +6,10 @@
   max_batch images or batch_wait_s), counting the batch sizes it ran (`stats`).
 - `Ingress`: the HTTP API (FastAPI). It checks each request (type, size, parameters)
   before any byte goes to a model replica, and answers every problem as JSON
-  {"error": ...} with its status. A model replica that dies with requests in flight
-  (killed, out of memory) costs those requests a 503 that says to retry, never the
-  service: Ray Serve starts a new replica, and the ingress routes to the live ones.
+  {"error": ...} with its status. When a model replica dies (killed, out of memory),
+  Ray Serve starts a new one and routes requests to the live ones; a request the death
+  cuts off, or that no replica answers within timeout_s, gets a 503 that says to retry,
+  never a hang, and the ingress keeps answering meanwhile.
 """
 
 import asyncio
