@@ -20,7 +20,7 @@ which calls the module's task, a plain function, and prints its result as one JS
 - `accuracy`: bf16/int8/OpenVINO/ONNX Runtime against fp32, and the IR and ONNX files
   that the throughput children load.
 - `throughput`: steady images/s, one engine per process, R rounds each; per backend.
-- `compare`, `embed`, `finetune`: the other modes of `run`.
+- `compare`, `embed`, `serve`, `finetune`: the other modes of `run`.
 - `report`: verdicts, reasons, the printed report, the Markdown tables and the chart,
   all from the JSON.
 """

@@ -3,7 +3,7 @@ measured reasons behind them, the printed report, Markdown tables and the chart.
 
     python -m benchmarks.report out/bench.json [--markdown docs/benchmarks_table.md]
 
-prints the report of any of `run`'s JSON files (models, compare, embed, finetune) and,
+prints the report of any of `run`'s JSON files (models, compare, embed, serve, finetune) and,
 with --markdown, writes its tables; every table names the CPU class it was measured on
 (the CPU's model and the instruction sets that decide bf16 and int8 speed). `run` prints
 the same report at the end (`text`) and stores `assess`'s verdicts in its JSON.
@@ -245,6 +245,8 @@ def text(report):
         lines += compare_lines(report["compare"])
     if "embed" in report:
         lines += embed_lines(report["embed"])
+    if "serve" in report:
+        lines += serve_lines(report["serve"])
     if "finetune" in report:
         lines += finetune_lines(report["finetune"])
     if "openvino_settings" in report:
@@ -349,6 +351,22 @@ def embed_lines(result):
         f"{result['max_abs_diff_openvino_vs_predict']:.1e})"]
 
 
+def serve_lines(result):
+    lines = [f"\nvit-serve {result['model']}, max batch {result['max_batch']}, "
+             f"{result['seconds']:g} s per concurrency, loopback"]
+    for runtime, r in result["runtimes"].items():
+        lines.append(f"  {runtime}: in-process batches {r['in_process_images_per_s']:.1f} "
+                     f"img/s; started in {r['start_s']:.1f} s")
+        for clients, row in r["by_clients"].items():
+            lines.append(f"    {clients:>3} clients {row['requests_per_s']:8.1f} req/s  "
+                         f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+                         f"mean batch {row['mean_batch']:5.1f}  failures {row['failures']}")
+        lines.append(f"    target served/in-process at 32 clients >= {result['target']:.0%}: "
+                     f"measured {r['vs_in_process_at_32']:.0%}, "
+                     f"{'met' if r['met'] else 'missed'}")
+    return lines
+
+
 def finetune_lines(result):
     lines = [f"\nFine-tuning {result['model']} + Dense({result.get('classes', 10)}), batch "
              f"{result['batch']}, Adam; {result['step_gflop']:.1f} GFLOP a step"]
@@ -403,6 +421,18 @@ def markdown(report):
                         f"{e['overhead_vs_predict_loop'][key]:.2f}x",
                         " / ".join(f"{s:.1f}" for s in e["seconds"][key])]
                        for key in e["images_per_s"]])]
+    if "serve" in report:
+        v = report["serve"]
+        parts += [f"## vit-serve under load ({v['model']}, max batch {v['max_batch']}, "
+                  f"{v['seconds']:g} s per concurrency, loopback)\n", table(
+                      caption, ["runtime", "clients", "req/s", "p50 ms", "p99 ms",
+                                "mean batch", "served / in-process"],
+                      [[runtime, clients, f"{row['requests_per_s']:.1f}",
+                        f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}",
+                        f"{row['mean_batch']:.1f}",
+                        f"{row['requests_per_s'] / r['in_process_images_per_s']:.0%}"]
+                       for runtime, r in v["runtimes"].items()
+                       for clients, row in r["by_clients"].items()])]
     if "finetune" in report:
         parts += finetune_tables(report["finetune"], caption)
     if "openvino_settings" in report:

@@ -4,7 +4,8 @@
     python -m benchmarks.run compare --json out/compare.json     # every variant
     python -m benchmarks.run embed --json out/embed.json         # vit-embed vs predict
     python -m benchmarks.run finetune --json out/finetune.json   # fit vs the hub layer
-    python -m benchmarks.run openvino-settings   # OpenVINO fp32's settings, PERF_COUNT
+    python -m benchmarks.run openvino-settings   # OpenVINO's settings, PERF_COUNT
+    python -m benchmarks.run serve --json out/serve.json         # vit-serve under load
     python -m benchmarks.run --smoke                             # tiny, minutes (CI)
 
 This process only orchestrates: every figure is measured in a fresh child process, one
@@ -104,6 +105,17 @@ def embed(args):
                        repeats=1 if args.smoke else 2)
 
 
+def serve(args):
+    """vit-serve at 1, 8, 32 clients against in-process batches: benchmarks/serve.py."""
+    from benchmarks.serve import bench_serve
+
+    name, smoke = first_model(args)
+    _, cache = startup.prepare(name, smoke)
+    return bench_serve(name, cache, os.path.join(WORK, "embed_images"), smoke,
+                       count=16 if args.smoke else 256, max_batch=32,
+                       seconds=1.0 if args.smoke else 10.0)
+
+
 def finetune(args, host):
     """The hub trainable layer against vit_hub's fit per backend and precision, and full
     fine-tuning against LoRA: benchmarks/finetune.py."""
@@ -137,8 +149,9 @@ def openvino_settings(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="vit_hub benchmarks")
-    parser.add_argument("mode", nargs="?", choices=["models", "compare", "embed", "finetune",
-                                                    "openvino-settings"],
+    parser.add_argument("mode", nargs="?",
+                        choices=["models", "compare", "embed", "finetune", "serve",
+                                 "openvino-settings"],
                         default="models")
     parser.add_argument("--models", default="vit_b32_fe", help="comma-separated names")
     parser.add_argument("--variants", default=None, help="compare: comma-separated variants")
@@ -169,6 +182,8 @@ def main(argv=None):
         result = {"machine": machine.describe(), "embed": embed(args)}
     elif args.mode == "openvino-settings":
         result = {"machine": machine.describe(), "openvino_settings": openvino_settings(args)}
+    elif args.mode == "serve":
+        result = {"machine": machine.describe(), "serve": serve(args)}
     elif args.mode == "finetune":
         host = machine.measure()
         result = {"machine": host, "finetune": finetune(args, host)}

@@ -3,7 +3,9 @@ through the public API, as a user would add a private model), a test-built check
 the published format, and clean cache environments."""
 
 import os
+import signal
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -199,3 +201,26 @@ def cache_files(root):
         os.path.relpath(os.path.join(folder, f), root)
         for folder, _, files in os.walk(root) for f in files if not f.endswith(".lock")
     )
+
+
+def wait_until(condition, timeout, what):
+    """Polls `condition` until it holds; AssertionError '`what` within `timeout` s'."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} within {timeout} s")
+
+
+def kill_session(sid):
+    """SIGKILL to every process of the session `sid` (a command started with
+    start_new_session=True, its Ray processes too: Ray's workers run in process groups of
+    their own, in the same session)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getsid(int(pid)) == sid:
+                os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+

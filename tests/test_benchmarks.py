@@ -253,3 +253,20 @@ def test_openvino_settings_smoke(tmp_path):
     assert "OpenVINO int8: setting" in printed and "vit_hub (hint f32, defaults)" in printed
     table = markdown.read_text()
     assert "AVX2" in table and "| OpenVINO fp32: setting |" in table
+
+
+@pytest.mark.slow  # two Ray + Serve starts per runtime: minutes, not CI
+def test_serve_smoke(tmp_path):
+    out = tmp_path / "serve.json"
+    printed = run("benchmarks.run", "serve", "--smoke", "--json", str(out))
+    result = json.loads(out.read_text())["serve"]
+    assert set(result["runtimes"]) == {"keras", "openvino"}
+    for runtime, figures in result["runtimes"].items():
+        assert figures["in_process_images_per_s"] > 0, runtime
+        assert set(figures["by_clients"]) == {"1", "8", "32"}
+        for row in figures["by_clients"].values():
+            assert row["requests"] > 0 and row["failures"] == 0
+            assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert figures["by_clients"]["32"]["mean_batch"] > 1  # batched together
+        assert figures["vs_in_process_at_32"] > 0
+    assert "target served/in-process at 32 clients" in printed

@@ -238,15 +238,23 @@ def test_convert_weights_answers_help_list_and_usage_errors_without_a_framework(
     assert done.stdout.splitlines()[-1] == f"CODE {0 if argv in (['--help'], ['--list']) else 2} []"
 
 
-@pytest.mark.parametrize("argv", [["--help"], [], ["vit_b32_fe", "photos", "-o", "out",
-                                                   "--workers", "0"]])
-def test_vit_embed_answers_help_and_usage_errors_without_a_framework_or_ray(argv):
-    done = run_python(f"import sys; from vit_hub.cli.vit_embed import main\n"
+@pytest.mark.parametrize("command, argv", [
+    ("vit_embed", ["--help"]), ("vit_embed", []),
+    ("vit_embed", ["vit_b32_fe", "photos", "-o", "out", "--workers", "0"]),
+    ("vit_serve", ["--help"]), ("vit_serve", []), ("vit_serve", ["vit_b32_fe", "--replicas", "0"]),
+    ("vit_serve", ["vit_b32_fe", "--precision", "int8"])])
+def test_ray_commands_answer_help_and_usage_errors_without_a_framework_or_ray(command, argv):
+    done = run_python(f"import sys; from vit_hub.cli.{command} import main\n"
                       f"try:\n    code = main({argv!r})\nexcept SystemExit as exit:\n"
                       f"    code = exit.code\n"
                       f"print('CODE', code, {HEAVY_OR_RAY})")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"CODE {0 if argv == ['--help'] else 2} []"
+
+
+def test_import_vit_hub_serve_is_light():
+    done = run_python(f"import sys, vit_hub.serve; print({HEAVY_OR_RAY})")
+    assert done.stdout.strip() == "[]", done.stderr
 
 
 def test_import_vit_hub_is_light():

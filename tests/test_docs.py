@@ -28,8 +28,9 @@ in the test harness alone, through the public API (the library has no test switc
   first use or `verify=True` "downloads" without network. So do the handles of
   EXTRA_CHECKPOINTS: models a page registers itself. Kaggle itself points at a loopback
   port where nothing answers.
-- Ray workers (`embed_images`) are processes of their own: for a page that calls it, the
-  prelude starts Ray with a worker setup hook that registers the same stand-ins.
+- Ray workers (`embed_images`, `vit_hub.serve`'s replicas) are processes of their own:
+  for a page that uses them, the prelude starts Ray with a worker setup hook that
+  registers the same stand-ins.
 - What snippets leave to the reader is defined by the prelude: `images` (4 float32
   images 224x224 in [-1, 1]) and `labels` (4 class ids below 10); in the working
   directory (a fresh temporary folder) cat.jpg, dog.png, photos/ (4 JPEGs) and
@@ -142,9 +143,9 @@ def register_stand_ins():
 
 def stand_in_prelude(ray_workers=False):
     """Runs in a page's process before its first block; returns the names the snippets
-    leave to the reader. With `ray_workers` (a page that calls `embed_images`), it starts
-    Ray for the page, its worker processes registering the stand-ins as they start
-    (`embed_images` runs on the Ray instance of the calling process)."""
+    leave to the reader. With `ray_workers` (a page that calls `embed_images` or serves
+    with `vit_hub.serve`), it starts Ray for the page, its worker processes registering
+    the stand-ins as they start (both run on the Ray instance of the calling process)."""
     import numpy as np
 
     register_stand_ins()
@@ -237,7 +238,8 @@ from tests.test_docs import stand_in_prelude
 
 namespace = {{"__name__": "__main__"}}
 blocks = json.load(open(sys.argv[1]))
-namespace.update(stand_in_prelude(any("embed_images" in code for _, _, code in blocks)))
+namespace.update(stand_in_prelude(any(("embed_images" in code or "vit_hub.serve" in code)
+                                     for _, _, code in blocks)))
 for page, line, code in blocks:
     try:
         # Padded so that the traceback's line numbers are the page's.

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests import test_embed
-from tests.conftest import TINY_CLASSIFICATION, TINY_NAME
+from tests.conftest import TINY_CLASSIFICATION, TINY_NAME, kill_session, wait_until
 from tests.test_embed import ROOT, listing_with_a_pipe, readers_of
 from vit_hub.errors import CacheError, OutputExistsError
 from vit_hub.files import TEMPORARY_PREFIX
@@ -50,26 +50,6 @@ def closed_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def kill_session(sid):
-    """SIGKILL to every process of the session `sid` (the command's Ray processes too:
-    its workers run in process groups of their own, in the same session)."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.getsid(int(pid)) == sid:
-                os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            continue
-
-
-def wait_until(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout} s")
 
 
 @pytest.mark.parametrize("to, sigint", [

@@ -24,6 +24,11 @@ class ImageTypeError(ImageError, TypeError):
     """Images of a dtype that has no defined meaning as pixels."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image over a size limit: Pillow's decompression-bomb limit, or the `max_pixels`
+    a caller set (vit-serve's, which answers HTTP 413)."""
+
+
 class CatalogueError(VitHubError, ValueError):
     """An unknown model name, or a catalogue entry that is missing or malformed."""
 
@@ -72,6 +77,23 @@ class OutputExistsError(VitHubError, FileExistsError):
 class EmbedError(VitHubError, RuntimeError):
     """A vit-embed job stopped: a shard's worker died more often than it may be retried.
     The finished shards are kept; a rerun resumes."""
+
+
+class RequestError(VitHubError, ValueError):
+    """A request to vit-serve that is not answered: `status` is the HTTP status it gets
+    (400 unreadable image, 413 too large, 415 not an image, 422 a bad parameter), the
+    message says what was wrong and how to send it right."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self):  # (raised in a Ray replica, re-raised in the caller)
+        return type(self), (self.status, str(self))
+
+
+class ServeError(VitHubError, RuntimeError):
+    """vit-serve's service did not start (a model replica that cannot load its model)."""
 
 
 class MissingDependencyError(VitHubError, ImportError):

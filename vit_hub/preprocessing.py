@@ -16,7 +16,13 @@ import warnings
 import numpy as np
 
 from vit_hub.architecture import image_hw
-from vit_hub.errors import ConfigError, ImageError, ImageTypeError, MissingFileError
+from vit_hub.errors import (
+    ConfigError,
+    ImageError,
+    ImageTooLargeError,
+    ImageTypeError,
+    MissingFileError,
+)
 from vit_hub.resize import resize
 
 
@@ -176,14 +182,16 @@ def _read(path):
     raise MissingFileError(f"No image file at {shown}{where}: check the path.")
 
 
-def decode_image(data, name):
+def decode_image(data, name, max_pixels=None):
     """The bytes of an image file as float32 (H, W, 3) in [0, 1]: the first frame of an
     animation, turned upright as its EXIF orientation says (as a photo viewer shows it),
     each pixel format read by its own range (see `pil_pixels`). ImageError, naming
-    `name`, for bytes Pillow cannot decode (not an image, cut short, corrupt), an image
-    over Pillow's decompression-bomb limit, or a pixel format with no defined range.
-    Images between `PIL.Image.MAX_IMAGE_PIXELS` and twice that are decoded without
-    Pillow's DecompressionBombWarning."""
+    `name`, for bytes Pillow cannot decode (not an image, cut short, corrupt) or a pixel
+    format with no defined range; ImageTooLargeError (an ImageError) for an image over
+    Pillow's decompression-bomb limit or, read from its header before any pixel is
+    decoded, over `max_pixels` (width x height). Images between
+    `PIL.Image.MAX_IMAGE_PIXELS` and twice that are decoded without Pillow's
+    DecompressionBombWarning."""
     from PIL import Image, ImageOps
 
     if not data:
@@ -192,11 +200,13 @@ def decode_image(data, name):
         with warnings.catch_warnings():  # (this call's; PIL.Image.MAX_IMAGE_PIXELS unchanged)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
+                if max_pixels is not None and image.width * image.height > max_pixels:
+                    raise _over_max_pixels(name, image, max_pixels)
                 image.load()
                 upright = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as err:
         raise _too_large(name, err) from None
-    except (MemoryError, RecursionError):
+    except (MemoryError, RecursionError, ImageTooLargeError):
         raise
     except Exception as err:  # Pillow's decoders raise OSError mostly, but not only
         raise ImageError(f"{name} is not a readable JPEG, PNG, GIF, BMP, TIFF or WebP image "
@@ -204,13 +214,21 @@ def decode_image(data, name):
     return pil_pixels(upright, name, source=image)
 
 
+def _over_max_pixels(name, image, max_pixels):
+    """The ImageTooLargeError for an image over a caller's `max_pixels`."""
+    return ImageTooLargeError(
+        f"{name} is too large: {image.width}x{image.height} = "
+        f"{image.width * image.height:_} pixels, over the limit of {max_pixels:_} pixels; "
+        "shrink the image first (the model sees it resized anyway).")
+
+
 def _too_large(name, err):
-    """The ImageError for an image over Pillow's decompression-bomb limit."""
+    """The ImageTooLargeError for an image over Pillow's decompression-bomb limit."""
     from PIL import Image
 
     found = re.search(r"\((\d+) pixels\)", str(err))
     pixels = int(found.group(1)) if found else None
-    return ImageError(
+    return ImageTooLargeError(
         f"{name} is too large to decode: "
         f"{f'{pixels:_} pixels, ' if pixels else ''}over the limit of "
         f"{2 * Image.MAX_IMAGE_PIXELS:_} pixels (twice PIL.Image.MAX_IMAGE_PIXELS), which "
@@ -428,9 +446,14 @@ def decode_predictions(logits, top=5):
             f"decode_predictions expects ImageNet logits of shape (batch, 1000), got "
             f"{logits.shape}; a model with another head has no ImageNet class names."
         )
+    classes = imagenet_classes()
+    return [[(*classes[i], p) for i, p in best] for best in top_classes(logits, top)]
+
+
+def top_classes(logits, top=5):
+    """Logits (B, C) -> per image, the `top` [(class index, softmax probability)], the
+    most probable first."""
+    logits = np.asarray(logits, np.float64)
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))
     probabilities /= probabilities.sum(-1, keepdims=True)
-    classes = imagenet_classes()
-    return [
-        [(*classes[i], float(p[i])) for i in np.argsort(-p)[:top]] for p in probabilities
-    ]
+    return [[(int(i), float(p[i])) for i in np.argsort(-p)[:top]] for p in probabilities]

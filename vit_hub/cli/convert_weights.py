@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from vit_hub.cli import add_runtime_arguments, check_runtime_arguments
+from vit_hub.cli import add_cache_arguments, add_runtime_arguments, check_runtime_arguments
 from vit_hub.conversion.pipeline import STEPS
 
 
@@ -33,8 +33,7 @@ def parse_args(argv):
                         help="a local hub SavedModel folder or original .npz instead of Kaggle")
     parser.add_argument("--reference", metavar="DIR",
                         help="hub SavedModel to verify an .npz source against")
-    parser.add_argument("--cache-dir", metavar="DIR", help="cache root (default: "
-                        "$VIT_HUB_CACHE or the user cache folder)")
+    add_cache_arguments(parser, offline=False)
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the parity check against the hub model")
     parser.add_argument("--force", action="store_true", help="convert even if cached")

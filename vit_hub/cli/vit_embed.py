@@ -12,13 +12,16 @@ finished shards. Exit status: 0 done (unreadable images are listed in OUT/_error
 """
 
 import argparse
-import contextlib
 import os
-import signal
 import sys
-import threading
 
-from vit_hub.cli import add_runtime_arguments, check_runtime_arguments
+from vit_hub.cli import (
+    add_address_argument,
+    add_cache_arguments,
+    add_runtime_arguments,
+    check_runtime_arguments,
+    interruptible,
+)
 
 
 def parse_args(argv):
@@ -33,14 +36,10 @@ def parse_args(argv):
                         help="folder of the Parquet dataset (resumed if it exists)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="Ray workers, each with its own model (default 1)")
-    parser.add_argument("--address", metavar="ADDR",
-                        help="join this Ray cluster ('auto', 'ray://HOST:10001')")
+    add_address_argument(parser)
     parser.add_argument("--batch-size", type=int, default=32, metavar="B",
                         help="images per model call (default 32)")
-    parser.add_argument("--cache-dir", metavar="DIR", help="cache root (default: "
-                        "$VIT_HUB_CACHE or the user cache folder)")
-    parser.add_argument("--offline", action="store_true",
-                        help="never download: the model must be cached")
+    add_cache_arguments(parser)
     parser.add_argument("--cpus-per-worker", type=float, metavar="C",
                         help="default: the cluster's CPUs shared evenly")
     parser.add_argument("--gpus-per-worker", type=float, default=0, metavar="G")
@@ -62,7 +61,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _interruptible():
+    with interruptible():
         try:
             return run(args)
         except KeyboardInterrupt as err:  # the job's workers are stopped by now
@@ -97,34 +96,6 @@ def run(args):
     if summary.errors:
         print(f"Unreadable images and why: {os.path.join(summary.output, '_errors.csv')}")
     return 0
-
-
-@contextlib.contextmanager
-def _interruptible():
-    """SIGINT raises KeyboardInterrupt for the command's run, also where vit-embed was
-    started with SIGINT ignored (a background job of a script, some launchers): Ctrl-C and
-    `kill -INT` stop it. The Ray this command started is shut down before it returns, with
-    SIGINT ignored (a second Ctrl-C would break Ray's shutdown mid-way); the handler the
-    caller had is restored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    ray_was_up = _ray_is_up()
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            if not ray_was_up and _ray_is_up():
-                sys.modules["ray"].shutdown()
-        finally:  # (None: one not set from Python: the default then)
-            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
-
-
-def _ray_is_up():
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
 
 
 if __name__ == "__main__":

@@ -14,19 +14,17 @@ An interrupted job (Ctrl-C) stops its workers and keeps the finished shards
 import dataclasses
 import logging
 import os
-import socket
-import sys
 import time
 
+from vit_hub.cluster import check_address, connect, prepare_model, registration
 from vit_hub.embed.output import RUNS_PREFIX, EmbedOutput
 from vit_hub.embed.sources import list_images
-from vit_hub.errors import CacheError, ConfigError, EmbedError, MissingDependencyError
+from vit_hub.errors import ConfigError, EmbedError, MissingDependencyError
 from vit_hub.files import temporary_folder
 from vit_hub.runtime.engine import describe_cpu_class
 from vit_hub.runtime.options import check_runtime
 
 MAX_SHARD = 1024  # images per shard: the unit of progress, retry and resume
-CONNECT_TIMEOUT = 3.0  # seconds for a cluster's address to answer before ray.init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +111,7 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
 
     _check_positive(workers=workers, batch_size=batch_size, shard_size=shard_size)
     _check_retries(retries)
-    _check_address(address)  # also: no cluster answers there, refused in seconds
+    check_address(address)  # also: no cluster answers there, refused in seconds
     entry = get_entry(model)
     precision = check_runtime(runtime, precision, min_cosine=min_cosine)
     out = EmbedOutput(output, entry.name, runtime, precision)
@@ -129,14 +127,13 @@ def embed_images(model, source, output, *, workers=1, address=None, batch_size=3
 
 def _embed(entry, source, out, workers, address, batch_size, cache_dir, offline, shard_size,
            cpus, gpus, retries, progress, computed):
-    from vit_hub.pretrained import cached_weights
-
     out.check()  # another model's (or runtime's) rows, the user's files: refused before
     locations = list_images(source)  # anything is read; nothing to embed: refused here too
-    cached_weights(entry.name, cache_dir, offline)  # offline and not cached: refused here
-    engine = f"Keras ({os.environ.get('KERAS_BACKEND', 'tensorflow')}) fp32"
-    if computed["runtime"] == "openvino":  # built (or found) once here, checked
-        engine = _openvino_model(entry.name, cache_dir, offline, computed).engine
+    # The weights (and an OpenVINO IR) cached once here, checked; not cached and offline:
+    # refused here.
+    fast = prepare_model(entry.name, cache_dir, offline, computed, "vit-embed")
+    engine = fast.engine if fast else \
+        f"Keras ({os.environ.get('KERAS_BACKEND', 'tensorflow')}) fp32"
     start = time.perf_counter()
     with out.lock():
         out.remove_temporaries()
@@ -170,27 +167,6 @@ def _embed(entry, source, out, workers, address, batch_size, cache_dir, offline,
                         describe_cpu_class())
 
 
-def _openvino_model(name, cache_dir, offline, computed):
-    """Builds (or finds and checks) the OpenVINO IR the workers load. Offline and not
-    cached: a CacheError whose fix is the command that builds it in this cache."""
-    from vit_hub.cache import is_offline
-    from vit_hub.pretrained import load_pretrained
-    from vit_hub.runtime.ir_cache import build_command
-
-    try:
-        return load_pretrained(name, cache_dir=cache_dir, offline=offline, **computed)
-    except CacheError as err:
-        head, found, _ = str(err).partition(", and offline nothing is built")
-        if not (found and is_offline(offline)):
-            raise
-        raise CacheError(
-            f"{head}, and with --offline (offline=True, VIT_HUB_OFFLINE) none is built. "
-            f"Build it once: {build_command(name, computed['precision'], cache_dir)}; or "
-            "run vit-embed once without --offline (the weights are cached: it builds the IR "
-            "from them, downloading nothing)."
-        ) from None
-
-
 def _shards(pending, first, size):
     """Consecutive runs of `size` images, numbered on from the finished shards."""
     return [{"shard": first + i, "paths": pending[j:j + size]}
@@ -203,7 +179,6 @@ def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus
     `runs`: the folder where the workers record each run of a shard; `computed`: the
     runtime keywords of the workers' model."""
     ray = _ray(address)
-    from vit_hub.architecture import variant_config
     from vit_hub.embed.worker import ShardEmbedder
 
     if cpus is None:  # fractions too: more workers than CPUs still all start
@@ -220,9 +195,8 @@ def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs=dict(
-            model=entry.name, entry=entry.to_dict(), variant=variant_config(entry.variant),
-            cache_dir=cache_dir and os.path.abspath(cache_dir), folder=out.folder,
-            batch_size=batch_size, threads=max(1, round(cpus)), runs=runs, retries=retries,
+            **registration(entry), cache_dir=cache_dir and os.path.abspath(cache_dir),
+            folder=out.folder, batch_size=batch_size, threads=max(1, round(cpus)), runs=runs, retries=retries,
             **computed),
         num_cpus=cpus,
         num_gpus=gpus,
@@ -230,119 +204,17 @@ def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus
 
 
 def _ray(address):
-    """Ray, started on this machine or joined to `address`, with Ray Data's own
-    progress bars and logs off (ours says what matters)."""
+    """Ray (`cluster.connect`), with Ray Data's own progress bars and logs off (ours says
+    what matters)."""
+    install = "vit-embed runs on Ray Data: pip install 'vit_hub[embed]'."
+    ray = connect(address, install)
     try:
-        import ray
         import ray.data
     except ImportError:
-        raise MissingDependencyError("vit-embed runs on Ray Data: pip install "
-                                     "'vit_hub[embed]'.") from None
-    if not ray.is_initialized():
-        env = {"TF_CPP_MIN_LOG_LEVEL": "2",
-               "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, runtime_env={"env_vars": env})
-        except ConnectionError as err:  # (what _check_address could not tell)
-            _, given, undo = _joined(address)
-            raise ConfigError(
-                f"Cannot join a Ray cluster at {given} ({str(err).rstrip('.')}): start it "
-                f"first (`ray start --head` on that machine), or {undo} to run on a Ray "
-                "started on this machine for the job.") from None
+        raise MissingDependencyError(install) from None
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
-
-
-def _check_address(address):
-    """`address` on a process already connected to Ray would be ignored: refused. Not yet
-    connected, the cluster that ray.init would join must answer (a TCP connection within
-    CONNECT_TIMEOUT), or ray.init would retry for minutes, printing Ray's log lines."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        _check_reachable(address)
-        return
-    current = ray.get_runtime_context().gcs_address
-    if address not in (None, "auto", current):
-        raise ConfigError(
-            f"This process is already connected to the Ray cluster at {current}, so "
-            f"address={address!r} cannot be joined: leave address out to run there, or "
-            "call ray.shutdown() first.")
-
-
-def _check_reachable(address):
-    """ConfigError, naming the fix, when nothing answers at the address ray.init would
-    join: `address`, or $RAY_ADDRESS when it is None or 'auto' (as Ray does)."""
-    address, given, undo = _joined(address)
-    if address in (None, "local"):
-        return
-    if address == "auto":
-        address = _auto_address()
-    target = address and _host_port(address)
-    if not target:  # a form Ray reads itself
-        return
-    host, port = target
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
-        return
-    except TimeoutError:
-        problem = f"no answer within {CONNECT_TIMEOUT:g} s"
-    except OSError as err:
-        problem = err.strerror or type(err).__name__
-    where = "" if f"{host}:{port}" in given else f"{host}:{port}: "
-    raise ConfigError(
-        f"No Ray cluster answers at {given} ({where}{problem}). Start it first "
-        "(`ray start --head` on that machine; then give HOST:6379, or ray://HOST:10001 for "
-        f"Ray Client), check the host and port, or {undo} to run on a Ray started on this "
-        "machine for the job.")
-
-
-def _joined(address):
-    """(the address ray.init joins, how the user gave it, how to run locally instead)."""
-    if address in (None, "auto") and os.environ.get("RAY_ADDRESS"):
-        address = os.environ["RAY_ADDRESS"]
-        return address, f"RAY_ADDRESS={address}", "unset RAY_ADDRESS"
-    return address, f"--address {address}", "drop --address"
-
-
-def _auto_address():
-    """The address Ray's 'auto' means (a cluster started on this machine by `ray start`),
-    None where Ray's lookup is not available; ConfigError when there is none."""
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
-    except ImportError:  # another Ray: ray.init says what it finds
-        return None
-    try:
-        return canonicalize_bootstrap_address("auto")
-    except ConnectionError:
-        raise ConfigError(
-            "--address auto found no running Ray cluster on this machine: start one first "
-            "(`ray start --head`), give the address of another, or drop --address to run on "
-            "a Ray started for the job.") from None
-    except Exception:  # Ray's own error, at ray.init
-        return None
-
-
-def _host_port(address):
-    """(host, port) of a GCS address 'HOST:PORT' or a Ray Client one 'ray://HOST[:PORT]'
-    (port 10001 by default); None for any other form."""
-    scheme, found, rest = address.partition("://")
-    if found and scheme != "ray":
-        return None
-    rest = (rest if found else address).split("/")[0]
-    default = 10001 if found else None
-    if rest.startswith("["):  # [IPv6]:port
-        host, _, tail = rest[1:].partition("]")
-        port = tail[1:] if tail.startswith(":") else default
-    elif rest.count(":") == 1:
-        host, port = rest.split(":")
-    elif ":" not in rest:
-        host, port = rest, default
-    else:
-        return None
-    port = str(port or "")
-    return (host, int(port)) if host and port.isdigit() else None
 
 
 def _worker_died(err):

@@ -10,10 +10,10 @@ refused: its counts say why, and the driver stops the job (a shard whose images 
 decoder ends the job instead of running forever)."""
 
 import concurrent.futures
-import os
 
 import numpy as np
 
+from vit_hub.cluster import load_in_worker, register_in_worker
 from vit_hub.embed.output import record_run, write_part
 from vit_hub.embed.sources import read_bytes
 from vit_hub.errors import VitHubError
@@ -25,31 +25,15 @@ class ShardEmbedder:
                  retries=None):
         """`runs`: the run's folder of shard runs (`output.record_run`); with `retries`,
         a shard is run at most `retries` + 1 times."""
-        _limit_threads(threads, keras=runtime == "keras")
-        from vit_hub.architecture import list_variants, register_variant
-        from vit_hub.catalogue import get_entry, list_models, register_model
-        from vit_hub.pretrained import load_pretrained
+        from vit_hub.catalogue import get_entry
 
-        # A model registered in the caller's process (register_variant / register_model)
-        # is registered here too: workers are fresh processes.
-        if entry["variant"] not in list_variants():
-            register_variant(entry["variant"], **variant)
-        if model not in list_models():
-            register_model(model, entry)
+        register_in_worker(model, entry, variant)  # workers are fresh processes
         self.name, self.folder, self.batch_size = model, folder, batch_size
         self.runs, self.retries = runs, retries
         self.entry = get_entry(model)
-        self.computed = dict(runtime=runtime, precision=precision, accuracy=None)
-        if runtime == "openvino":  # numpy in, numpy out; no TensorFlow or Keras loaded
-            fast = load_pretrained(model, cache_dir=cache_dir, offline=True,
-                                   runtime="openvino", precision=precision,
-                                   min_cosine=min_cosine, threads=threads)
-            self.predict, self.output_shape = fast, fast.output_shape
-            self.computed["accuracy"] = fast.accuracy
-        else:
-            keras_model = load_pretrained(model, cache_dir=cache_dir, offline=True)
-            self.predict = keras_model.predict_on_batch  # one call per batch, as `fast`
-            self.output_shape = keras_model.output_shape
+        self.predict, self.output_shape, accuracy = load_in_worker(
+            model, cache_dir, runtime, precision, min_cosine, threads)
+        self.computed = dict(runtime=runtime, precision=precision, accuracy=accuracy)
         self.top5 = self.entry.classification and self.output_shape[-1] == 1000
 
     def __call__(self, batch):
@@ -116,24 +100,3 @@ class ShardEmbedder:
             columns["top5_scores"] = pa.array([[c[2] for c in t] for t in top],
                                               pa.list_(pa.float32()))
         return pa.table(columns)
-
-
-def _limit_threads(threads, keras=True):
-    """Keeps a worker's math on the CPUs Ray gave it (its frameworks would take all the
-    machine's cores, and workers sharing a machine would fight over them). OpenVINO
-    takes its threads= itself, and its workers import no Keras backend."""
-    if not threads:
-        return
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    if not keras:
-        return
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-    elif backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
