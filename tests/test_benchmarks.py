@@ -268,5 +268,7 @@ def test_serve_smoke(tmp_path):
             assert row["requests"] > 0 and row["failures"] == 0
             assert 0 < row["p50_ms"] <= row["p99_ms"]
         assert figures["by_clients"]["32"]["mean_batch"] > 1  # batched together
-        assert figures["vs_in_process_at_32"] > 0
+        assert figures["vs_in_process_at_32"] > 0 and figures["batch_wait_ms"] == 10
+        [longer] = figures["longer_waits"]
+        assert longer["batch_wait_ms"] == 50 and set(longer["by_clients"]) == {"1", "8", "32"}
     assert "target served/in-process at 32 clients" in printed
