@@ -7,6 +7,7 @@ side: `prepare`, `conversion`, `first_prediction`, `io_floor`.
 """
 
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -125,13 +126,18 @@ TASKS = {task.__name__: task for task in (build_checkpoint, convert, fill_ir_cac
 def prepare(name, smoke, convert=True):
     """(SavedModel folder, cache folder) of `name`, the checkpoint built once and (with
     `convert`) converted into the cache once, both in children."""
+    import filelock
+
     source, cache = checkpoint_paths(name)
-    if not os.path.exists(os.path.join(source, "saved_model.pb")):
-        os.makedirs(os.path.dirname(source), exist_ok=True)
-        child.run("startup", "build_checkpoint", {"name": name, "folder": source}, smoke=smoke)
-    if convert and not os.path.exists(os.path.join(cache, "v1", name, f"{name}.h5")):
-        child.run("startup", "convert", {"name": name, "source": source, "cache": cache,
-                                         "force": False}, smoke=smoke)
+    os.makedirs(os.path.dirname(source), exist_ok=True)
+    with filelock.FileLock(source + ".lock"):  # two runs at once (the tests' workers)
+        if not os.path.exists(os.path.join(source, "saved_model.pb")):
+            shutil.rmtree(source + ".tmp", ignore_errors=True)  # a killed run's
+            child.run("startup", "build_checkpoint", {"name": name, "folder": source},
+                      smoke=smoke)
+        if convert and not os.path.exists(os.path.join(cache, "v1", name, f"{name}.h5")):
+            child.run("startup", "convert", {"name": name, "source": source, "cache": cache,
+                                             "force": False}, smoke=smoke)
     return source, cache
 
 

@@ -157,6 +157,16 @@ def random_classifier(num_classes=10):
     return model
 
 
+@pytest.fixture
+def test_port():
+    """Held for a test that serves a fake Kaggle on kagglesdk's fixed TEST port (7777):
+    one such test at a time across pytest-xdist's workers."""
+    from tests.kaggle_server import holding_test_port
+
+    with holding_test_port():
+        yield
+
+
 @pytest.fixture(scope="module")
 def ov_classifier():
     """`random_classifier()`, once per module (the OpenVINO runtime's tests)."""

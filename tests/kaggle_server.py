@@ -63,6 +63,7 @@ without any server.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -84,6 +85,17 @@ FAULTS = (None, "http500", "truncated", "hang", "corrupt")
 API_PREFIX = "/api/v1/models.ModelApiService/"
 BLOB_PREFIX = "/_fake_gcs/"
 TEST_PORT = 7777  # kagglesdk: KaggleEnv.TEST -> "http://localhost:7777"
+
+
+@contextlib.contextmanager
+def holding_test_port():
+    """One process at a time serves on TEST_PORT, or checks that it is free: pytest-xdist
+    runs tests of any module side by side on its workers."""
+    import filelock
+
+    with filelock.FileLock(os.path.join(tempfile.gettempdir(),
+                                        f"vit_hub-tests-port-{TEST_PORT}.lock")):
+        yield
 _CHUNK = 64 * 1024
 
 # Variables that would make kagglehub/kagglesdk use credentials, a notebook or

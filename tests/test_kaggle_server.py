@@ -51,7 +51,6 @@ except ImportError:  # tests/ is not a package: pytest puts tests/ on sys.path
         lay_out_kagglehub_cache,
         wait_port_free,
     )
-
 from kagglehub.exceptions import DataCorruptionError, KaggleApiHTTPError
 
 HANDLE = "spsayakpaul/vision-transformer/tensorFlow2/vit-b32-fe/1"
@@ -66,7 +65,7 @@ BIG = 3 * 1024 * 1024  # > kagglehub's 1 MiB read chunk, so a partial file can b
 
 
 @pytest.fixture(autouse=True)
-def _no_server_left_behind():
+def _no_server_left_behind(test_port):  # (port 7777 held, for the test and the check)
     before = {t for t in threading.enumerate() if t.name == "FakeKaggle"}
     yield
     alive = [t for t in threading.enumerate() if t.name == "FakeKaggle" and t not in before and t.is_alive()]

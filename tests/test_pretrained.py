@@ -48,6 +48,7 @@ def test_cache_hit_in_kagglehub_cache_converts_without_network(env, tiny_saved_m
                                             "v1/vit_tiny8_fe/vit_tiny8_fe.json"]
 
 
+@pytest.mark.usefixtures("test_port")  # (FakeKaggle on port 7777)
 def test_download_through_kagglehub_then_cache_hit(env, tiny_saved_model):
     with FakeKaggle({TINY_HANDLE: tiny_saved_model}, set_environ=False) as server:
         model = vit_hub.load_pretrained("vit_tiny8_fe")
@@ -59,6 +60,7 @@ def test_download_through_kagglehub_then_cache_hit(env, tiny_saved_model):
     np.testing.assert_array_equal(model.predict(inputs, verbose=0), again.predict(inputs, verbose=0))
 
 
+@pytest.mark.usefixtures("test_port")  # (FakeKaggle on port 7777)
 @pytest.mark.parametrize("fault", ["http500", "truncated", "corrupt"])
 def test_failing_server_leaves_both_caches_clean(env, tiny_saved_model, fault):
     options = {"send_md5": False} if fault == "corrupt" else {}
@@ -73,6 +75,7 @@ def test_failing_server_leaves_both_caches_clean(env, tiny_saved_model, fault):
         assert vit_hub.load_pretrained("vit_tiny8_fe").output_shape == (None, 32)
 
 
+@pytest.mark.usefixtures("test_port")  # (FakeKaggle on port 7777)
 def test_hanging_server_is_bounded(env, tiny_saved_model, monkeypatch):
     monkeypatch.setenv("VIT_HUB_DOWNLOAD_TIMEOUT", "2")
     with FakeKaggle({TINY_HANDLE: tiny_saved_model}, fault="hang", set_environ=False):
@@ -81,6 +84,7 @@ def test_hanging_server_is_bounded(env, tiny_saved_model, monkeypatch):
     assert cache_files(env / "vit_hub") == []
 
 
+@pytest.mark.usefixtures("test_port")  # (FakeKaggle on port 7777)
 def test_offline_never_touches_the_network(env, tiny_saved_model, monkeypatch):
     monkeypatch.setenv("VIT_HUB_OFFLINE", "1")
     with FakeKaggle({TINY_HANDLE: tiny_saved_model}, set_environ=False) as server:

@@ -25,7 +25,6 @@ from tests.fault_support import free_port
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 requests = pytest.importorskip("requests")
-pytestmark = pytest.mark.xdist_group("serve")  # one Serve instance (on one worker)
 
 # The replicas run the same model on the same images, in batches of other sizes: float32
 # results differ by a few ulps (test_embed measured 0 to 5e-7).
@@ -128,6 +127,20 @@ def keras_model(service):
 
 def features(model, images):
     return model.predict(vit_hub.preprocess(images, image_size=TINY_IMAGE), verbose=0)
+
+
+def test_the_model_line_names_the_engine_its_speed_and_the_cpu_class(service):
+    """What vit-serve prints for an OpenVINO model: the IR's own summary (engine,
+    precision, build-time speed, CPU class, agreement with fp32)."""
+    served = vit_hub.serve.build(
+        TINY_CLASSIFICATION, runtime="openvino", precision=None, min_cosine=None,
+        replicas=1, max_batch=8, batch_wait_ms=10, cache_dir=service.cache, offline=True,
+        max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, timeout_s=20)
+    fast = vit_hub.load_pretrained(TINY_CLASSIFICATION, cache_dir=service.cache,
+                                   runtime="openvino", offline=True)
+    assert served.summary() == (f"{TINY_CLASSIFICATION}: {TINY_IMAGE}x{TINY_IMAGE} images "
+                                f"-> 1000 logits; {fast.summary()}")
+    assert "images/s at batch" in fast.summary()
 
 
 def test_the_model_is_described(service):

@@ -76,8 +76,11 @@ def test_serves_prints_the_url_and_the_model_and_stops_cleanly_on_ctrl_c(cache, 
             time.sleep(0.2)
         printed = (tmp_path / "out").read_text().splitlines()
         assert printed[0].startswith(f"vit-serve: serving at http://127.0.0.1:{port} ")
+        from vit_hub.runtime.engine import describe_cpu_class
+
         assert printed[1] == (f"model {TINY_NAME}: {TINY_IMAGE}x{TINY_IMAGE} images -> 32 "
-                              "features; Keras fp32, the reference model (exact)")
+                              f"features; Keras ({os.environ.get('KERAS_BACKEND', 'tensorflow')})"
+                              f" fp32, the reference model (exact), on {describe_cpu_class()}")
         buffer = io.BytesIO()
         Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(buffer, "PNG")
         answer = requests.post(f"http://127.0.0.1:{port}/v1/embed", data=buffer.getvalue(),

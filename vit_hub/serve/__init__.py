@@ -28,23 +28,20 @@ INSTALL = "vit-serve runs on Ray Serve: pip install 'vit_hub[serve]'."
 
 @dataclasses.dataclass(frozen=True)
 class Served:
-    """A Ray Serve application of a model and what GET /v1/model says about it."""
+    """A Ray Serve application of a model, what GET /v1/model says about it, and what
+    computes it (`engine`: the OpenVINO model's `summary()`, or Keras')."""
 
     application: object  # ray.serve.Application
     description: dict
+    engine: str
 
     def summary(self):
-        """One line: the model, its engine and precision, and what the precision costs."""
-        from vit_hub.runtime.openvino_model import describe_accuracy
-
+        """One line: the model, then its engine and precision, speed, CPU class and what
+        the precision costs."""
         d = self.description
-        if d["runtime"] == "keras":
-            cost = "Keras fp32, the reference model (exact)"
-        else:
-            cost = describe_accuracy(d["precision"], d["accuracy"])
         kind = "logits" if d["classification"] else "features"
         return (f"{d['name']}: {d['image_size'][0]}x{d['image_size'][1]} images -> "
-                f"{d['output_dim']} {kind}; {cost}")
+                f"{d['output_dim']} {kind}; {self.engine}")
 
 
 def app(name, *, runtime="keras", precision=None, min_cosine=None, replicas=1, max_batch=32,
@@ -85,6 +82,7 @@ def build(name, *, runtime, precision, min_cosine, replicas, max_batch, batch_wa
     line."""
     from vit_hub.catalogue import get_entry
     from vit_hub.cluster import prepare_model, registration
+    from vit_hub.runtime.engine import describe_cpu_class
     from vit_hub.runtime.options import check_runtime
 
     _check_counts(replicas=replicas, max_batch=max_batch, max_bytes=max_bytes,
@@ -116,7 +114,12 @@ def build(name, *, runtime, precision, min_cosine, replicas, max_batch, batch_wa
     # replica's batches in flight and the next ones filling (Serve's default is 5).
     ingress = deployment.Ingress.options(max_ongoing_requests=max(64, 4 * max_batch * replicas))
     application = ingress.bind(model_server, description, max_bytes, timeout_s)
-    return Served(application, description)
+    if fast is not None:
+        engine = fast.summary()
+    else:
+        engine = (f"Keras ({os.environ.get('KERAS_BACKEND', 'tensorflow')}) fp32, the "
+                  f"reference model (exact), on {describe_cpu_class()}")
+    return Served(application, description, engine)
 
 
 def _deployment():
