@@ -52,6 +52,11 @@ def is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def is_number(value):
+    """A real number, numpy's included; not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_flag(value, name, allow_none=False):
     """`value` if it is a bool (or None, if allowed); else an ArgumentError (a TypeError):
     a string such as "no" would be taken as True."""

@@ -162,6 +162,14 @@ def prepare_model(name, cache_dir, offline, computed, command):
         ) from None
 
 
+def engine(fast):
+    """What computes the rows or answers of a model `prepare_model` prepared: the
+    OpenVINO model's engine, or Keras on this process's backend (its workers' too)."""
+    if fast is not None:
+        return fast.engine
+    return f"Keras ({os.environ.get('KERAS_BACKEND', 'tensorflow')}) fp32"
+
+
 def registration(entry):
     """What a worker process needs to know `entry`'s model by name (`register_in_worker`):
     a model or variant registered in the caller's process only is not in a fresh one."""

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 
-from vit_hub.cluster import check_address, connect, prepare_model, registration
+from vit_hub.cluster import check_address, connect, engine, prepare_model, registration
 from vit_hub.embed.output import RUNS_PREFIX, EmbedOutput
 from vit_hub.embed.sources import list_images
 from vit_hub.errors import ConfigError, EmbedError, MissingDependencyError
@@ -131,9 +131,7 @@ def _embed(entry, source, out, workers, address, batch_size, cache_dir, offline,
     locations = list_images(source)  # anything is read; nothing to embed: refused here too
     # The weights (and an OpenVINO IR) cached once here, checked; not cached and offline:
     # refused here.
-    fast = prepare_model(entry.name, cache_dir, offline, computed, "vit-embed")
-    engine = fast.engine if fast else \
-        f"Keras ({os.environ.get('KERAS_BACKEND', 'tensorflow')}) fp32"
+    computed_by = engine(prepare_model(entry.name, cache_dir, offline, computed, "vit-embed"))
     start = time.perf_counter()
     with out.lock():
         out.remove_temporaries()
@@ -163,7 +161,7 @@ def _embed(entry, source, out, workers, address, batch_size, cache_dir, offline,
     if stopped:  # raised without Ray's error, whose frames hold the job's actor handles
         raise stopped
     return EmbedSummary(out.folder, images, errors, len(locations) - len(pending),
-                        len(shards), time.perf_counter() - start, engine,
+                        len(shards), time.perf_counter() - start, computed_by,
                         describe_cpu_class())
 
 
@@ -196,7 +194,8 @@ def _run(shards, entry, out, workers, address, batch_size, cache_dir, cpus, gpus
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs=dict(
             **registration(entry), cache_dir=cache_dir and os.path.abspath(cache_dir),
-            folder=out.folder, batch_size=batch_size, threads=max(1, round(cpus)), runs=runs, retries=retries,
+            folder=out.folder, batch_size=batch_size, threads=max(1, round(cpus)), runs=runs,
+            retries=retries,
             **computed),
         num_cpus=cpus,
         num_gpus=gpus,

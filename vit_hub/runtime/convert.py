@@ -73,7 +73,7 @@ def to_openvino(model, precision="fp32", calibration=None, *, min_cosine=None, t
     reference = _keras_outputs(model, held_out)
     built = functools.partial(_built, name=model.name, threads=threads, held_out=held_out,
                               reference=reference, classification=bool(model.include_top))
-    fast = built(ov_model, "fp32")
+    fast = built(ov_model, "fp32", timed=precision == "fp32")
     _check_exact(fast.accuracy, model.name)  # the trace itself, before any reduction
     if precision == "fp32":
         return fast
@@ -81,22 +81,23 @@ def to_openvino(model, precision="fp32", calibration=None, *, min_cosine=None, t
         fast = built(ov_model, "bf16")
     else:
         quantized = quantize(ov_model, calibrate[0])
-        gate = GATES["int8"] if min_cosine is None else min_cosine
-        fast = _fastest_within(gate, [built(quantized, "int8", rest=rest)
-                                      for rest in _int8_rests()])
+        fast = _fastest_within(gate_for("int8", min_cosine),
+                               [built(quantized, "int8", rest=rest) for rest in _int8_rests()])
         fast.accuracy["calibration"] = {"images": len(calibrate[0]), "source": calibrate[1]}
     check_gate(precision, fast.accuracy, min_cosine, model.name)
     return fast
 
 
 def _built(ov_model, precision, *, name, threads, held_out, reference, classification,
-           rest="f32"):
+           rest="f32", timed=True):
     """The `OpenVINOModel` at `precision`, with its agreement with the Keras model's
-    `reference` outputs on `held_out` and its speed on them, both measured."""
+    `reference` outputs on `held_out` measured, and (`timed`: a model that may be kept)
+    its speed on them."""
     fast = OpenVINOModel(ov_model, precision=precision, accuracy={}, name=name,
                          threads=threads, rest=rest)
     fast.accuracy = _measure(fast(held_out), reference, classification)
-    fast.speed = measure_speed(fast, held_out)
+    if timed:  # (the call above compiled and allocated: no warm-up needed)
+        fast.speed = measure_speed(fast, held_out)
     return fast
 
 
@@ -288,6 +289,11 @@ def _check_exact(accuracy, name):
             "Please report it; use the Keras model meanwhile.")
 
 
+def gate_for(precision, min_cosine):
+    """The least cosine a bf16/int8 model must reach: `min_cosine`, or its default."""
+    return GATES[precision] if min_cosine is None else min_cosine
+
+
 def check_gate(precision, accuracy, min_cosine, name):
     """AccuracyError unless a bf16/int8 model's measured agreement meets `min_cosine`
     (default GATES; checked by `options.check_min_cosine` at the entry points); records
@@ -296,7 +302,7 @@ def check_gate(precision, accuracy, min_cosine, name):
     calibrated, bf16 (weights and activations rounded, nothing fitted) cannot."""
     if precision == "fp32":
         return
-    gate = GATES[precision] if min_cosine is None else min_cosine
+    gate = gate_for(precision, min_cosine)
     accuracy["gate_cosine_min"] = gate
     if accuracy["cosine_min"] < gate:
         if precision == "int8":

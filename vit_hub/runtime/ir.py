@@ -21,9 +21,9 @@ default, which put ViT-B/32 4.5e-3 off the Keras model even when computed in f32
 
 import hashlib
 import json
-import numbers
 import os
 
+from vit_hub.architecture import is_number
 from vit_hub.errors import OutputExistsError, WeightsError
 from vit_hub.files import atomic_files, read_json, sha256, verify_checksums
 from vit_hub.runtime.engine import import_openvino, openvino_version
@@ -148,15 +148,15 @@ def _content_problem(record):
         return (f"says its {record['precision']} model computes the rest in "
                 f"{record.get('rest')!r}, not one of {', '.join(map(str, rests))}")
     speed = record.get("speed")
-    if speed is not None and not (isinstance(speed, dict) and _is_number(
-            speed.get("images_per_s")) and _is_number(speed.get("batch"))):
+    if speed is not None and not (isinstance(speed, dict) and is_number(
+            speed.get("images_per_s")) and is_number(speed.get("batch"))):
         return "has a speed that lacks images_per_s and batch (as numbers)"
     accuracy = record.get("accuracy")
     if not isinstance(accuracy, dict):
         return "has no accuracy (the measured agreement with fp32)"
-    lacking = [key for key in FIGURES if not _is_number(accuracy.get(key))]
+    lacking = [key for key in FIGURES if not is_number(accuracy.get(key))]
     if accuracy.get(CLASSIFIER_FIGURES[0]) is not None:
-        lacking += [key for key in CLASSIFIER_FIGURES if not _is_number(accuracy.get(key))]
+        lacking += [key for key in CLASSIFIER_FIGURES if not is_number(accuracy.get(key))]
     calibration = accuracy.get("calibration")
     if calibration and not (isinstance(calibration, dict)
                             and {"images", "source"} <= set(calibration)):
@@ -164,10 +164,6 @@ def _content_problem(record):
     if lacking:
         return f"has an accuracy that lacks {', '.join(lacking)} (as numbers)"
     return None
-
-
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def checksum_problem(xml_path):

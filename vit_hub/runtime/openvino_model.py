@@ -113,10 +113,10 @@ class OpenVINOModel:
 
 
 def measure_speed(model, images, calls=3):
-    """{"images_per_s", "batch", "cpu"}: the best of `calls` timed calls on `images`
-    after one warm-up call, and the CPU class it ran on. A figure for the summary, taken
-    when a model is built (a benchmark measures longer: see the benchmarks page)."""
-    model.compiled(images)
+    """{"images_per_s", "batch", "cpu"}: the best of `calls` timed calls on `images`, by
+    a model that has run a batch of that size once (compiled, memory allocated), and the
+    CPU class it ran on. A figure for the summary, taken when a model is built (a
+    benchmark measures longer: see the benchmarks page)."""
     best = float("inf")
     for _ in range(calls):
         start = time.perf_counter()

@@ -7,9 +7,8 @@ CPU has it), so that `--help` and usage errors stay instant.
 """
 
 import math
-import numbers
 
-from vit_hub.architecture import is_int
+from vit_hub.architecture import is_int, is_number
 from vit_hub.errors import ArgumentError, ConfigError
 
 # What an int8 model's unquantized ops compute in (`OpenVINOModel`'s `rest`).
@@ -55,7 +54,7 @@ def check_min_cosine(min_cosine):
     value outside."""
     if min_cosine is None:
         return None
-    if not isinstance(min_cosine, numbers.Real) or isinstance(min_cosine, bool):
+    if not is_number(min_cosine):
         raise ArgumentError(f"min_cosine must be a number in (0, 1] (the least cosine "
                             f"similarity to fp32 on the worst held-out image), got "
                             f"{min_cosine!r}; or None for the precision's default gate.")

@@ -81,7 +81,7 @@ def build(name, *, runtime, precision, min_cosine, replicas, max_batch, batch_wa
     """`app`'s application with its description (`Served`), for the command's model
     line."""
     from vit_hub.catalogue import get_entry
-    from vit_hub.cluster import prepare_model, registration
+    from vit_hub.cluster import engine, prepare_model, registration
     from vit_hub.runtime.engine import describe_cpu_class
     from vit_hub.runtime.options import check_runtime
 
@@ -114,12 +114,9 @@ def build(name, *, runtime, precision, min_cosine, replicas, max_batch, batch_wa
     # replica's batches in flight and the next ones filling (Serve's default is 5).
     ingress = deployment.Ingress.options(max_ongoing_requests=max(64, 4 * max_batch * replicas))
     application = ingress.bind(model_server, description, max_bytes, timeout_s)
-    if fast is not None:
-        engine = fast.summary()
-    else:
-        engine = (f"Keras ({os.environ.get('KERAS_BACKEND', 'tensorflow')}) fp32, the "
-                  f"reference model (exact), on {describe_cpu_class()}")
-    return Served(application, description, engine)
+    line = fast.summary() if fast is not None else (
+        f"{engine(None)}, the reference model (exact), on {describe_cpu_class()}")
+    return Served(application, description, line)
 
 
 def _deployment():
